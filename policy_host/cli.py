@@ -1,0 +1,294 @@
+"""The ``policy-host`` command line.
+
+Exit status: 0 all good; 1 problems found (invalid tenants, failed checks);
+2 usage or provider-config errors; 3 anything else that stopped the command
+(the server is not running, a file cannot be written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from . import __version__
+from .config import CONFIG_ENV, DEFAULT_CONFIG, ProviderConfig, config_path, load_config, parse_bind
+from .errors import ConfigError, PolicyHostError, Problem
+from .model import InvalidValue, hostname
+from .render import render
+from .snapshot import read_snapshot
+from .tenants import MAX_TENANT_BYTES, SUFFIX, domain_from_filename, load_tenants, parse_tenant
+from .yamlfile import read_limited
+
+log = logging.getLogger("policy_host")
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_FAILURE = 3
+
+Handler = Callable[[argparse.Namespace, ProviderConfig], int]
+
+
+def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
+    for problem in problems:
+        print(problem, file=out)
+
+
+def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
+    result = load_tenants(config)
+    errors = len(result.errors)
+    warnings = len(result.problems) - errors
+    if args.json:
+        json.dump(
+            {
+                "config": str(config.path),
+                "tenants_dir": str(config.tenants_dir),
+                "files": result.files,
+                "valid": len(result.tenants),
+                "errors": errors,
+                "warnings": warnings,
+                "problems": [p.as_dict() for p in result.problems],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    else:
+        _print_problems(result.problems, sys.stdout)
+        if not args.quiet:
+            verdict = "ok" if errors == 0 else "FAILED"
+            print(
+                f"{config.path}: {verdict}: {result.files} tenant files, "
+                f"{len(result.tenants)} valid, {errors} errors, {warnings} warnings",
+                file=sys.stderr,
+            )
+    if errors or (args.strict and warnings):
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from .server import PolicyServer  # gunicorn is only needed here
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    server = PolicyServer(
+        config,
+        bind=args.bind or config.serve.bind,
+        workers=args.workers or config.serve.workers,
+        threads=args.threads or config.serve.threads,
+        access_log=args.access_log,
+    )
+    server.run()
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from .server import running_pid, signal_reload
+
+    result = load_tenants(config)
+    _print_problems(result.problems, sys.stdout)
+    snapshot = read_snapshot(config.snapshot_path)
+    for domain in sorted(result.broken):
+        kept = snapshot is not None and domain in snapshot.entries
+        print(
+            f"{domain}: not changed: "
+            + ("its last good policy stays served" if kept else "not served (no earlier policy)"),
+            file=sys.stderr,
+        )
+    if args.dry_run:
+        pid = running_pid(config)
+        print(f"would send SIGHUP to the server (pid {pid})", file=sys.stderr)
+    else:
+        pid = signal_reload(config)
+        print(f"reloading: sent SIGHUP to the server (pid {pid})", file=sys.stderr)
+    return EXIT_PROBLEMS if result.errors else EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
+    try:
+        domain = hostname(args.domain.rstrip("."), what="domain").ascii
+    except InvalidValue as exc:
+        print(f"policy-host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    path = config.tenants_dir / f"{domain}{SUFFIX}"
+    problems: list[Problem] = []
+    tenant = None
+    if path.exists():
+        data = read_limited(path, MAX_TENANT_BYTES)
+        if isinstance(data, Problem):
+            problems.append(data)
+        elif domain_from_filename(path, config, problems) is not None:
+            tenant = parse_tenant(path, data, domain, problems)
+    snapshot = read_snapshot(config.snapshot_path)
+    served = snapshot.entries.get(domain) if snapshot else None
+    if tenant is None and served is None:
+        _print_problems(problems, sys.stderr)
+        reason = "is not valid" if path.exists() else "does not exist"
+        print(f"policy-host: {domain}: {path} {reason} and nothing is served", file=sys.stderr)
+        return EXIT_PROBLEMS
+    body = render(tenant.policy) if tenant else served.body  # type: ignore[union-attr]
+    live = served is not None and served.body == body
+    records = [
+        (f"mta-sts.{domain}.", "CNAME", f"{config.policy_host}."),
+        (f"_mta-sts.{domain}.", "CNAME", f"{config.id_record_target(domain)}."),
+    ]
+    txt_name = f"{config.id_record_target(domain)}."
+    if args.json:
+        json.dump(
+            {
+                "domain": domain,
+                "url": f"https://mta-sts.{domain}/.well-known/mta-sts.txt",
+                "policy": body.decode("ascii"),
+                "served": live,
+                "customer_records": [{"name": n, "type": t, "value": v} for n, t, v in records],
+                "provider_txt_name": txt_name,
+                "problems": [p.as_dict() for p in problems],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return EXIT_PROBLEMS if any(p.is_error for p in problems) else EXIT_OK
+    _print_problems(problems, sys.stderr)
+    state = "served now" if live else "not served yet: run 'policy-host reload'"
+    if tenant is None:
+        state = "the file is broken; this is the last good policy, still served"
+    print(f"; Policy for https://mta-sts.{domain}/.well-known/mta-sts.txt ({state})")
+    sys.stdout.write(body.decode("ascii").replace("\r\n", "\n"))
+    print()
+    print(f"; Records the customer adds to the {domain} zone, once:")
+    width = max(len(n) for n, _, _ in records)
+    for name, rtype, value in records:
+        print(f"{name:<{width}}  3600  IN  {rtype}  {value}")
+    print()
+    print("; Record in the provider zone (policy-host apply publishes and rotates it):")
+    print(f'{txt_name}  300  IN  TXT  "v=STSv1; id=<current id>;"')
+    if tenant is not None and tenant.tlsrpt_rua:
+        print()
+        print("; Optional, for TLS reports (RFC 8460), in the customer's zone:")
+        print(
+            f'_smtp._tls.{domain}.  3600  IN  TXT  "v=TLSRPTv1; rua={",".join(tenant.tlsrpt_rua)}"'
+        )
+    return EXIT_PROBLEMS if any(p.is_error for p in problems) else EXIT_OK
+
+
+def _bind_arg(text: str) -> str:
+    try:
+        return parse_bind(text)
+    except InvalidValue as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"provider config (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="log details and tracebacks"
+    )
+    parser = argparse.ArgumentParser(
+        prog="policy-host",
+        description="Serve and manage MTA-STS (RFC 8461) policies for many customer domains.",
+        parents=[common],
+        epilog="Exit status: 0 ok, 1 problems found, 2 usage or config error, 3 other failure.",
+    )
+    parser.add_argument("--version", action="version", version=f"policy-host {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "validate",
+        parents=[common],
+        help="check the provider config and every tenant file (like nginx -t)",
+        description="Check the provider config and every tenant file. Prints each problem as "
+        "path:line: message; changes nothing. Exit 0 when there are no errors (warnings are "
+        "printed but pass unless --strict), 1 when any tenant has an error, 2 when the provider "
+        "config itself is broken.",
+    )
+    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the policy server (gunicorn)",
+        description="Run gunicorn serving /.well-known/mta-sts.txt for every tenant. It compiles "
+        "the tenants on start and on SIGHUP ('policy-host reload'); a broken tenant file keeps "
+        "its last good policy.",
+    )
+    p.add_argument(
+        "--bind", type=_bind_arg, metavar="HOST:PORT", help="listen address (or unix:PATH)"
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes")
+    p.add_argument("--threads", type=int, metavar="N", help="threads per worker")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
+        "reload",
+        parents=[common],
+        help="make tenant changes live in the running server",
+        description="Validate the tenants, then send the running server SIGHUP: it recompiles "
+        "and replaces its workers gracefully. Broken tenants keep their last good policy. "
+        "Exit 1 if any tenant has an error (the reload still happens).",
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate and report; send nothing")
+    p.set_defaults(handler=cmd_reload)
+
+    p = sub.add_parser(
+        "show",
+        parents=[common],
+        help="a tenant's policy and the DNS records the customer must add",
+        description="Print the policy served for DOMAIN and, in zone-file form, the two CNAME "
+        "records the customer adds and the TXT name the provider publishes.",
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if debug
+        else (logging.INFO if args.command == "serve" else logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    path = config_path(getattr(args, "config", None))
+    try:
+        config = load_config(path)
+        handler: Handler = args.handler
+        return handler(args, config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"policy-host: the provider config {path} is not valid", file=sys.stderr)
+        return EXIT_USAGE
+    except PolicyHostError as exc:
+        print(f"policy-host: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback in debug
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"policy-host: internal error: {exc!r} (run with --debug for details)", file=sys.stderr
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

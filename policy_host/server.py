@@ -1,0 +1,105 @@
+"""Run the app under gunicorn, and tell a running one to reload.
+
+The gunicorn master compiles the served-policy snapshot when it starts and
+on every ``SIGHUP``, before it forks fresh workers; old workers finish their
+requests and exit (gunicorn's graceful reload), so a change goes live with no
+failed request and no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .config import ProviderConfig, load_config
+from .errors import PolicyHostError, ServerError
+from .snapshot import compile_snapshot
+from .web import create_app
+
+log = logging.getLogger(__name__)
+
+
+def recompile(config_file: Path, fallback: ProviderConfig) -> None:
+    """Rebuild the snapshot; a broken provider config keeps the old one."""
+    try:
+        config = load_config(config_file)
+    except PolicyHostError as exc:
+        log.error("provider config is broken; still serving the previous policies:\n%s", exc)
+        return
+    if config.snapshot_path != fallback.snapshot_path:
+        log.warning("state_dir changed; restart the server for it to take effect")
+        return
+    compile_snapshot(config)
+
+
+class PolicyServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with settings from the provider config."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        bind: str,
+        workers: int,
+        threads: int,
+        access_log: bool = False,
+    ) -> None:
+        self.config = config
+        self.options: dict[str, Any] = {
+            "bind": [bind],
+            "workers": workers,
+            "worker_class": "gthread" if threads > 1 else "sync",
+            "threads": threads,
+            "pidfile": str(config.pidfile),
+            "graceful_timeout": 10,
+            "timeout": 30,
+            "keepalive": 2,
+            # Policy requests are tiny; refuse anything large early.
+            "limit_request_line": 2048,
+            "limit_request_fields": 50,
+            "limit_request_field_size": 4096,
+            "accesslog": "-" if access_log else None,
+            "errorlog": "-",
+            "proc_name": "policy-host",
+            "on_starting": self._compile,
+            "on_reload": self._compile,
+        }
+        super().__init__()
+
+    def _compile(self, _arbiter: Any) -> None:
+        recompile(self.config.path, self.config)
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return create_app(snapshot_path=self.config.snapshot_path)
+
+
+def running_pid(config: ProviderConfig) -> int:
+    """The gunicorn master's pid from its pidfile, checked to be alive."""
+    try:
+        pid = int(config.pidfile.read_text().strip())
+    except FileNotFoundError:
+        raise ServerError(f"{config.pidfile}: no pidfile; is the server running?") from None
+    except (OSError, ValueError) as exc:
+        raise ServerError(f"{config.pidfile}: cannot read the pid: {exc}") from None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise ServerError(f"{config.pidfile}: process {pid} is not running") from None
+    return pid
+
+
+def signal_reload(config: ProviderConfig) -> int:
+    """Send the running server ``SIGHUP``; returns its pid."""
+    pid = running_pid(config)
+    os.kill(pid, signal.SIGHUP)
+    log.info("sent SIGHUP to the server (pid %d)", pid)
+    return pid
