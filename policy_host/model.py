@@ -8,6 +8,7 @@ file and line.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import idna
@@ -73,7 +74,17 @@ def hostname(text: str, *, what: str = "name") -> Hostname:
             labels.append(low)
         else:
             try:
-                labels.append(idna.encode(label, uts46=True).decode("ascii"))
+                a_label = idna.encode(label, uts46=True).decode("ascii")
+                # Refuse what the mapping would silently change (zero-width
+                # characters dropped, full-width letters narrowed, ...): the
+                # name served must be the name the person meant.
+                back = idna.decode(a_label)
+                if back != unicodedata.normalize("NFC", label).lower():
+                    raise InvalidValue(
+                        f"{what} '{text}': label '{label}' changes under IDNA mapping "
+                        f"(to '{back}'); write the intended name exactly"
+                    )
+                labels.append(a_label)
             except idna.IDNAError as exc:
                 raise InvalidValue(
                     f"{what} '{text}': label '{label}' is not a valid IDN ({exc})"

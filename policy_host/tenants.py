@@ -131,7 +131,7 @@ def parse_tenant(path: Path, data: bytes, domain: str, problems: list[Problem]) 
             continue
         seen[pattern.ascii] = line
         patterns.append(pattern.ascii)
-    if items == [] and mode in ("enforce", "testing"):
+    if "mx" in entries and entries["mx"].value == [] and mode in ("enforce", "testing"):
         f.error(f.line("mx"), f"mx: at least one pattern is required in mode {mode}")
 
     max_age = f.integer("max_age", required=True)

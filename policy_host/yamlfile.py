@@ -61,7 +61,7 @@ def _walk(node: yaml.Node, line: int, seen: set[int]) -> Node:
     # The composer hands back the very same node object for every alias of an
     # anchor, so a node met twice is an alias: refuse it before it can expand.
     if id(node) in seen:
-        raise _Refused(node.start_mark.line + 1, "YAML anchors and aliases are not allowed")
+        raise _Refused(line, "YAML anchors and aliases are not allowed")
     seen.add(id(node))
     if isinstance(node, yaml.ScalarNode):
         return Node(_scalar(node), line)
@@ -124,9 +124,12 @@ def parse_mapping(path: Path, data: bytes) -> tuple[dict[str, Node] | None, list
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
+        line = mark.line + 1 if mark is not None else 1
         detail = exc.problem or exc.context or "syntax error"
         return None, [Problem(where, line, f"YAML syntax: {detail}")]
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        return None, [Problem(where, line, f"YAML syntax: character {exc.character!r} is not allowed")]
     except yaml.YAMLError as exc:
         return None, [Problem(where, 0, f"YAML syntax: {exc}")]
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):

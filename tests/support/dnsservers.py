@@ -39,7 +39,15 @@ import dns.resolver
 import dns.tsig
 import dns.update
 
-from .procs import LOOPBACK, Daemon, DaemonError, free_port, require_binary, wait_until
+from .procs import (
+    LOOPBACK,
+    Daemon,
+    DaemonError,
+    free_port,
+    port_open,
+    require_binary,
+    wait_until,
+)
 
 __all__ = [
     "DnsWorld",
@@ -55,6 +63,9 @@ __all__ = [
 
 #: Seconds any single DNS probe may take.
 PROBE_TIMEOUT = 0.5
+#: Seconds a readiness probe may take (loopback answers take well under 1 ms;
+#: a UDP query sent while the server is still starting is simply lost).
+READY_PROBE_TIMEOUT = 0.1
 #: Seconds a server may take to start (or to show a reloaded zone).
 START_TIMEOUT = 10.0
 #: Control socket paths must fit in sockaddr_un (108 bytes).
@@ -209,10 +220,12 @@ def query(
     return response
 
 
-def soa_serial(port: int, zone: str, *, address: str = LOOPBACK) -> int | None:
+def soa_serial(
+    port: int, zone: str, *, address: str = LOOPBACK, timeout: float = PROBE_TIMEOUT
+) -> int | None:
     """The SOA serial ``zone`` has at ``address:port``, or None if no answer."""
     try:
-        response = query(port, zone, "SOA", address=address)
+        response = query(port, zone, "SOA", address=address, timeout=timeout)
     except (dns.exception.DNSException, OSError):
         return None
     if response.rcode() != dns.rcode.NOERROR:
@@ -230,7 +243,7 @@ def soa_serial(port: int, zone: str, *, address: str = LOOPBACK) -> int | None:
 # --------------------------------------------------------------------------
 
 
-ROOT_ZONE = Zone(".", ())
+ROOT_ZONE = Zone(".", (f"{HARNESS_NS} A 127.0.0.1",))  # glue for the NS
 
 
 class KnotServer:
@@ -356,7 +369,12 @@ class KnotServer:
         return self._daemon
 
     def _ready(self) -> bool:
-        return all(soa_serial(self.port, origin) == self._serials[origin] for origin in self.zones)
+        # A TCP connect fails at once while knotd is not listening yet; a UDP
+        # probe sent then would only time out.
+        return port_open(self.address, self.port) and all(
+            soa_serial(self.port, origin, timeout=READY_PROBE_TIMEOUT) == self._serials[origin]
+            for origin in self.zones
+        )
 
     def start(self) -> None:
         self._knotd = require_binary("knotd")
@@ -580,21 +598,26 @@ class UnboundResolver:
             "    control-enable: no",
             "",
         ]
-        # knotd serves a root zone, so "." covers every name (names outside
-        # the test zones get NXDOMAIN at once); the test zones are listed too
-        # so they go to knotd directly even if the root stub is ever dropped.
-        stub_names = ["."] + [z.origin for z in self.knot.test_zones]
-        for name in stub_names:
-            lines += [
-                "stub-zone:",
-                f"    name: {_quote(name)}",
-                f"    stub-addr: {upstream}",
-                "",
-            ]
+        # knotd serves a root zone, so one stub for "." sends every name to
+        # it: names outside the test zones get NXDOMAIN at once, and zones
+        # added later by set_zones() need no change here. No stub per test
+        # zone, on purpose: after such a zone is removed, knotd answers for
+        # it from the root zone, unbound drops that SOA as out of bailiwick
+        # and caches the SOA-less NXDOMAIN for seconds despite the settings
+        # above.
+        lines += [
+            "stub-zone:",
+            '    name: "."',
+            f"    stub-addr: {upstream}",
+            "",
+        ]
         self.conf_path.write_text("\n".join(lines))
 
     def _ready(self) -> bool:
-        return all(soa_serial(self.port, origin) is not None for origin in self.knot.zones)
+        return port_open(self.address, self.port) and all(
+            soa_serial(self.port, origin, timeout=READY_PROBE_TIMEOUT) is not None
+            for origin in self.knot.zones
+        )
 
     @property
     def daemon(self) -> Daemon:

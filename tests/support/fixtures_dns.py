@@ -10,6 +10,9 @@ always stops them afterwards.
 
 When knotd, knotc or unbound is missing the tests are skipped, except
 under ``CI=true``, where they fail with the name of the missing program.
+
+PYTEST_DONT_REWRITE (no asserts here; test modules may import this module
+before pytest loads it as a plugin).
 """
 
 from __future__ import annotations

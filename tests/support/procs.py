@@ -24,6 +24,7 @@ __all__ = [
     "DaemonError",
     "MissingBinaryError",
     "free_port",
+    "port_open",
     "require_binary",
     "tail",
     "wait_for_port",
@@ -100,17 +101,18 @@ def wait_until(
         time.sleep(interval)
 
 
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a TCP connection to ``host:port`` succeeds within ``timeout`` s."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, timeout: float = 5.0) -> None:
     """Wait until a TCP connection to ``host:port`` succeeds (TimeoutError if not)."""
-
-    def connects() -> bool:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    wait_until(connects, timeout, what=f"TCP port {host}:{port}")
+    wait_until(lambda: port_open(host, port), timeout, what=f"TCP port {host}:{port}")
 
 
 def tail(path: Path, lines: int = 40) -> str:

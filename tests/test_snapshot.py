@@ -1,0 +1,77 @@
+"""The served-policy snapshot: last good kept, removals dropped, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policy_host.config import ProviderConfig
+from policy_host.errors import PolicyHostError
+from policy_host.snapshot import compile_snapshot, read_snapshot
+from support.layout import GOLDEN
+
+
+def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
+    snapshot, result, kept = compile_snapshot(config)
+    assert (sorted(snapshot.entries), kept, result.errors) == (
+        ["example.com", "example.net", "example.org"],
+        [],
+        [],
+    )
+    assert read_snapshot(config.snapshot_path) == snapshot
+    assert (
+        snapshot.policies_by_host()["mta-sts.example.net"]
+        == (GOLDEN / "example.net.txt").read_bytes()
+    )
+
+
+def test_broken_tenant_keeps_its_last_good_policy(config: ProviderConfig) -> None:
+    compile_snapshot(config)
+    (config.tenants_dir / "example.com.yaml").write_text("mode: enforce\nmx: [\n")
+    snapshot, result, kept = compile_snapshot(config)
+    assert kept == ["example.com"]
+    assert result.errors
+    entry = snapshot.entries["example.com"]
+    assert entry.stale
+    assert entry.body == (GOLDEN / "example.com.txt").read_bytes()
+    # And it stays kept over further reloads while the file is broken.
+    assert compile_snapshot(config)[0].entries["example.com"].body == entry.body
+
+
+def test_fixed_tenant_replaces_last_good(config: ProviderConfig) -> None:
+    compile_snapshot(config)
+    path = config.tenants_dir / "example.com.yaml"
+    good = path.read_text()
+    path.write_text("broken: [")
+    compile_snapshot(config)
+    path.write_text(good.replace("604800", "1209600"))
+    entry = compile_snapshot(config)[0].entries["example.com"]
+    assert not entry.stale
+    assert entry.body.endswith(b"max_age: 1209600\r\n")
+
+
+def test_broken_tenant_without_history_is_not_served(config: ProviderConfig) -> None:
+    (config.tenants_dir / "new.example.yaml").write_text("mode: sometimes\n")
+    snapshot, _, kept = compile_snapshot(config)
+    assert "new.example" not in snapshot.entries
+    assert kept == []
+
+
+def test_removed_file_stops_being_served(config: ProviderConfig) -> None:
+    compile_snapshot(config)
+    (config.tenants_dir / "example.org.yaml").unlink()
+    assert "example.org" not in compile_snapshot(config)[0].entries
+
+
+def test_snapshot_write_leaves_no_temporary_files(config: ProviderConfig) -> None:
+    compile_snapshot(config)
+    compile_snapshot(config)
+    assert sorted(p.name for p in config.state_dir.iterdir()) == ["served.json"]
+
+
+def test_corrupt_snapshot_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "served.json"
+    path.write_text("{not json")
+    with pytest.raises(PolicyHostError, match="cannot read the served-policy snapshot"):
+        read_snapshot(path)
