@@ -25,6 +25,14 @@ DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 4
 DEFAULT_STATE_DIR = "/var/lib/policy-host"
+DEFAULT_TSIG_ALGORITHM = "hmac-sha256"
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1")
+DEFAULT_TXT_TTL = 300
+DEFAULT_DNS_TIMEOUT = 5.0
+DEFAULT_VERIFY_TIMEOUT = 10.0
+DEFAULT_WITHDRAWAL_MAX_AGE = 86_400
+DEFAULT_CAA_ISSUERS = ("letsencrypt.org",)
+DEFAULT_CHECK_CONCURRENCY = 100
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,37 @@ class ServeSettings:
     bind: str = DEFAULT_BIND
     workers: int = DEFAULT_WORKERS
     threads: int = DEFAULT_THREADS
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    # Recursive resolver for `check` (host, port); None: the system's.
+    resolver: tuple[str, int] | None = None
+    # The provider's primary server that takes RFC 2136 UPDATEs from `apply`.
+    primary: tuple[str, int] | None = None
+    # TSIG key (BIND `key "name" { algorithm ...; secret "..."; };` format).
+    tsig_key_file: Path | None = None
+    tsig_algorithm: str = DEFAULT_TSIG_ALGORITHM
+    txt_ttl: int = DEFAULT_TXT_TTL
+    timeout: float = DEFAULT_DNS_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    # Base URLs whose answers must carry a new policy before its id is
+    # published (RFC 8461 section 8); empty: the serve.bind address.
+    upstreams: tuple[str, ...] = ()
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
+    # max_age of the `mode: none` policy served while a removed tenant is
+    # withdrawn.
+    withdrawal_max_age: int = DEFAULT_WITHDRAWAL_MAX_AGE
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    # CAA issuer domains of the CA certificates come from (RFC 8659).
+    caa_issuers: tuple[str, ...] = DEFAULT_CAA_ISSUERS
+    concurrency: int = DEFAULT_CHECK_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -44,6 +83,21 @@ class ProviderConfig:
     # The zone holding <domain>.<id_zone> TXT records (RFC 8461 section 3.1).
     id_zone: str
     serve: ServeSettings
+    dns: DnsSettings = DnsSettings()
+    apply: ApplySettings = ApplySettings()
+    check: CheckSettings = CheckSettings()
+
+    @property
+    def state_db(self) -> Path:
+        """The apply state (ids, fingerprints, history): SQLite."""
+        return self.state_dir / "state.sqlite3"
+
+    @property
+    def upstreams(self) -> tuple[str, ...]:
+        """Where `apply` verifies served bytes before publishing an id."""
+        if self.apply.upstreams:
+            return self.apply.upstreams
+        return (f"http://{self.serve.bind}",) if not self.serve.bind.startswith("unix:") else ()
 
     @property
     def snapshot_path(self) -> Path:
@@ -75,6 +129,27 @@ def _bind(text: str) -> str:
     return text
 
 
+def parse_server(text: str, default_port: int = 53) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` -> (address, port)."""
+    import ipaddress
+
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise InvalidValue(f"expected IP, IP:PORT or [IPv6]:PORT (got {text!r})")
+        port = rest[1:] or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidValue(f"expected an IP address (got {host!r})") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidValue(f"expected a port 1..65535 (got {port!r})")
+    return host, int(port)
+
+
 def parse_bind(text: str) -> str:
     """Check a ``HOST:PORT`` or ``unix:PATH`` bind address (for ``--bind``)."""
     return _bind(text)
@@ -91,7 +166,7 @@ def load_config(path: Path) -> ProviderConfig:
     fields = Fields(
         path,
         entries,
-        ("tenants_dir", "state_dir", "policy_host", "id_zone", "serve"),
+        ("tenants_dir", "state_dir", "policy_host", "id_zone", "serve", "dns", "apply", "check"),
         problems,
     )
     base = path.parent
@@ -129,8 +204,12 @@ def load_config(path: Path) -> ProviderConfig:
                 )
             counts[key] = count if count is not None else default
         serve = ServeSettings(bind, counts["workers"], counts["threads"])
+    dns = _dns_settings(fields.mapping("dns", _DNS_KEYS), base)
+    apply = _apply_settings(fields.mapping("apply", _APPLY_KEYS))
+    check = _check_settings(fields.mapping("check", _CHECK_KEYS))
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
+    assert dns is not None and apply is not None and check is not None
     return ProviderConfig(
         path=path,
         tenants_dir=Path(os.path.normpath(base / tenants_dir)),
@@ -138,4 +217,92 @@ def load_config(path: Path) -> ProviderConfig:
         policy_host=names["policy_host"],
         id_zone=names["id_zone"],
         serve=serve,
+        dns=dns,
+        apply=apply,
+        check=check,
+    )
+
+
+_DNS_KEYS = ("resolver", "primary", "tsig_key_file", "tsig_algorithm", "txt_ttl", "timeout")
+_APPLY_KEYS = ("upstreams", "verify_timeout", "withdrawal_max_age")
+_CHECK_KEYS = ("caa_issuers", "concurrency")
+
+
+def _ranged(fields: Fields, key: str, low: int, high: int, default: int) -> int:
+    value = fields.integer(key)
+    if value is None:
+        return default
+    if not low <= value <= high:
+        fields.error(
+            fields.line(key), f"{fields.prefix}{key}: expected {low}..{high} (got {value})"
+        )
+        return default
+    return value
+
+
+def _server(fields: Fields, key: str) -> tuple[str, int] | None:
+    text = fields.text(key)
+    if text is None:
+        return None
+    try:
+        return parse_server(text)
+    except InvalidValue as exc:
+        fields.error(fields.line(key), f"{fields.prefix}{key}: {exc}")
+        return None
+
+
+def _dns_settings(fields: Fields | None, base: Path) -> DnsSettings | None:
+    if fields is None:
+        return None
+    key_file = fields.text("tsig_key_file")
+    algorithm = fields.text("tsig_algorithm") or DEFAULT_TSIG_ALGORITHM
+    if algorithm not in TSIG_ALGORITHMS:
+        fields.error(
+            fields.line("tsig_algorithm"),
+            f"dns.tsig_algorithm: expected one of {', '.join(TSIG_ALGORITHMS)} (got {algorithm!r})",
+        )
+    return DnsSettings(
+        resolver=_server(fields, "resolver"),
+        primary=_server(fields, "primary"),
+        tsig_key_file=(base / key_file) if key_file else None,
+        tsig_algorithm=algorithm,
+        txt_ttl=_ranged(fields, "txt_ttl", 0, 86_400, DEFAULT_TXT_TTL),
+        timeout=float(_ranged(fields, "timeout", 1, 60, int(DEFAULT_DNS_TIMEOUT))),
+    )
+
+
+def _apply_settings(fields: Fields | None) -> ApplySettings | None:
+    if fields is None:
+        return None
+    upstreams = []
+    for text, line in fields.text_list("upstreams", allow_single=True) or []:
+        if not text.startswith(("http://", "https://")) or len(text) < 10:
+            fields.error(
+                line, f"apply.upstreams: expected an http:// or https:// URL (got {text!r})"
+            )
+        else:
+            upstreams.append(text.rstrip("/"))
+    return ApplySettings(
+        upstreams=tuple(upstreams),
+        verify_timeout=float(
+            _ranged(fields, "verify_timeout", 1, 600, int(DEFAULT_VERIFY_TIMEOUT))
+        ),
+        withdrawal_max_age=_ranged(
+            fields, "withdrawal_max_age", 0, 31_557_600, DEFAULT_WITHDRAWAL_MAX_AGE
+        ),
+    )
+
+
+def _check_settings(fields: Fields | None) -> CheckSettings | None:
+    if fields is None:
+        return None
+    issuers = []
+    for text, line in fields.text_list("caa_issuers", allow_single=True) or []:
+        try:
+            issuers.append(hostname(text, what="check.caa_issuers").ascii)
+        except InvalidValue as exc:
+            fields.error(line, str(exc))
+    return CheckSettings(
+        caa_issuers=tuple(issuers) or DEFAULT_CAA_ISSUERS,
+        concurrency=_ranged(fields, "concurrency", 1, 10_000, DEFAULT_CHECK_CONCURRENCY),
     )

@@ -129,7 +129,9 @@ def parse_mapping(path: Path, data: bytes) -> tuple[dict[str, Node] | None, list
         return None, [Problem(where, line, f"YAML syntax: {detail}")]
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
-        return None, [Problem(where, line, f"YAML syntax: character {exc.character!r} is not allowed")]
+        return None, [
+            Problem(where, line, f"YAML syntax: character {exc.character!r} is not allowed")
+        ]
     except yaml.YAMLError as exc:
         return None, [Problem(where, 0, f"YAML syntax: {exc}")]
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):

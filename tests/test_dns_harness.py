@@ -47,7 +47,12 @@ def dns_zones() -> list[Zone]:
 
 def txt_strings(world: DnsWorld, name: str) -> list[tuple[bytes, ...]]:
     answer = world.resolver().resolve(name, "TXT")
-    return [tuple(rdata.strings) for rdata in answer]
+    return [txt_of(rdata) for rdata in answer]
+
+
+def txt_of(rdata: object) -> tuple[bytes, ...]:
+    assert isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
+    return tuple(rdata.strings)
 
 
 def txt_rdata(text: bytes) -> dns.rdtypes.ANY.TXT.TXT:
@@ -83,7 +88,7 @@ def test_txt_lookup_follows_cname_into_provider_zone(dns_world: DnsWorld) -> Non
     answer = resolver.resolve(CUSTOMER_TXT, "TXT")
 
     assert answer.canonical_name.to_text() == PROVIDER_TXT
-    assert [rdata.strings for rdata in answer] == [(f"v=STSv1; id={DEFAULT_POLICY_ID};".encode(),)]
+    assert [txt_of(rdata) for rdata in answer] == [(f"v=STSv1; id={DEFAULT_POLICY_ID};".encode(),)]
     chain = answer.response.answer
     assert chain[0].rdtype == dns.rdatatype.CNAME
     assert chain[0][0].target.to_text() == PROVIDER_TXT
