@@ -15,6 +15,9 @@ from policy_host.config import ProviderConfig, load_config
 from policy_host.snapshot import compile_snapshot
 from policy_host.web import create_app
 
+# Real DNS servers (knot + unbound) for the tests that need them.
+pytest_plugins = ["support.fixtures_dns"]
+
 CONFIG_TEXT = """\
 tenants_dir: tenants
 state_dir: var

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from support.layout import EXAMPLES
 
 from policy_host.cli import main
-from support.layout import EXAMPLES
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -36,7 +36,8 @@ def test_validate_reports_every_problem_and_fails(
     assert lines == [
         f"{com}:1: mode: expected one of enforce, testing, none (got 'enforced')",
         f"{com}:2: mx 'a' needs at least two labels",
-        f"{com}:3: warning: max_age 5 is under a day (86400); some senders ignore such short policies",
+        f"{com}:3: warning: max_age 5 is under a day (86400); "
+        "some senders ignore such short policies",
         f"{net}:1: mx: required but missing",
         f"{net}:1: max_age: required but missing",
     ]

@@ -27,8 +27,6 @@ from support.dnsservers import DnsWorld, TsigKey, Zone, start_dns
 from support.fixtures_dns import DEFAULT_POLICY_ID, default_dns_zones, require_dns_binaries
 from support.procs import Daemon, DaemonError, free_port
 
-pytest_plugins = ["support.fixtures_dns"]
-
 CUSTOMER_TXT = "_mta-sts.customer.example"
 PROVIDER_TXT = "customer.example._mta-sts.provider.example."
 SPLIT_TXT = "split.example._mta-sts.provider.example"

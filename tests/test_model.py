@@ -47,7 +47,7 @@ INVALID_PATTERNS = [
     ("a" * 64 + ".example.com", "the limit is 63"),
     (".".join(["a" * 63] * 4) + ".com", "the limit is 253"),
     ("mail.exa\u200bmple.com", "changes under IDNA mapping"),
-    ("mail.ｅxample.com", "changes under IDNA mapping"),
+    ("mail.\uff45xample.com", "changes under IDNA mapping"),
     ("mail.ex\u00a0ample.com", "is not a valid IDN"),
 ]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.layout import GOLDEN
 
 from policy_host.config import ProviderConfig
 from policy_host.errors import PolicyHostError
 from policy_host.snapshot import compile_snapshot, read_snapshot
-from support.layout import GOLDEN
 
 
 def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:

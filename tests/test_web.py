@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from flask.testing import FlaskClient
+from support.layout import GOLDEN
 
 from policy_host.web import create_app, normalise_host
-from support.layout import GOLDEN
 
 PATH = "/.well-known/mta-sts.txt"
 ALL_DOMAINS = ("example.com", "example.net", "example.org")
