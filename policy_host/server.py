@@ -34,7 +34,12 @@ def recompile(config_file: Path, fallback: ProviderConfig) -> None:
     if config.snapshot_path != fallback.snapshot_path:
         log.warning("state_dir changed; restart the server for it to take effect")
         return
-    compile_snapshot(config)
+    try:
+        compile_snapshot(config)
+    except Exception:
+        # This runs in the gunicorn master: an exception here would stop the
+        # whole server. Whatever went wrong, keep serving what we had.
+        log.exception("compiling the tenants failed; still serving the previous policies")
 
 
 class PolicyServer(BaseApplication):  # type: ignore[misc]

@@ -74,6 +74,10 @@ def compile_snapshot(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list
     """
     previous = read_snapshot(config.snapshot_path)
     result = load_tenants(config)
+    if not result.complete:
+        raise PolicyHostError(
+            "; ".join(str(p) for p in result.problems) + " (the served policies are unchanged)"
+        )
     snapshot, kept = merge(result, previous)
     for problem in result.problems:
         (log.error if problem.is_error else log.warning)("%s", problem)

@@ -48,6 +48,9 @@ class LoadResult:
     problems: list[Problem] = field(default_factory=list)
     broken: dict[str, str] = field(default_factory=dict)
     files: int = 0
+    # False when the folder itself could not be listed: then nothing here
+    # says which tenants exist, and nothing may be removed on its account.
+    complete: bool = True
 
     @property
     def errors(self) -> list[Problem]:
@@ -187,6 +190,7 @@ def load_tenants(config: ProviderConfig) -> LoadResult:
         result.problems.append(
             Problem(str(folder), 0, f"cannot read tenants folder: {exc.strerror}")
         )
+        result.complete = False
         return result
     owners: dict[str, str] = {}
     for path in paths:

@@ -75,3 +75,11 @@ def test_corrupt_snapshot_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(PolicyHostError, match="cannot read the served-policy snapshot"):
         read_snapshot(path)
+
+
+def test_unreadable_tenants_folder_keeps_every_policy(config: ProviderConfig) -> None:
+    before = compile_snapshot(config)[0]
+    config.tenants_dir.rename(config.tenants_dir.with_name("moved"))
+    with pytest.raises(PolicyHostError, match="cannot read tenants folder"):
+        compile_snapshot(config)
+    assert read_snapshot(config.snapshot_path) == before
