@@ -1,9 +1,11 @@
-"""Run the app under gunicorn, and tell a running one to reload.
+"""Run the app under gunicorn, and make tenant changes go live.
 
-The gunicorn master compiles the served-policy snapshot when it starts and
-on every ``SIGHUP``, before it forks fresh workers; old workers finish their
-requests and exit (gunicorn's graceful reload), so a change goes live with no
-failed request and no restart.
+A change goes live by rewriting the served-policy snapshot (``go_live``):
+every worker watches that file and swaps its table in memory within
+``WATCH_INTERVAL`` seconds, so no worker restarts and no request fails.
+The gunicorn master also compiles the snapshot when it starts and on
+``SIGHUP``; ``SIGHUP`` additionally replaces the workers (gunicorn's
+graceful reload), which is only needed after upgrading the code.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from gunicorn.app.base import BaseApplication
 
 from .config import ProviderConfig, load_config
 from .errors import PolicyHostError, ServerError
-from .snapshot import compile_snapshot
+from .snapshot import Snapshot, compile_snapshot
+from .tenants import LoadResult
 from .web import create_app
 
 log = logging.getLogger(__name__)
+
+# How often each worker looks at the snapshot file for changes (seconds).
+WATCH_INTERVAL = 0.5
 
 
 def recompile(config_file: Path, fallback: ProviderConfig) -> None:
@@ -84,7 +90,7 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(snapshot_path=self.config.snapshot_path)
+        return create_app(snapshot_path=self.config.snapshot_path, watch_interval=WATCH_INTERVAL)
 
 
 def running_pid(config: ProviderConfig) -> int:
@@ -96,10 +102,24 @@ def running_pid(config: ProviderConfig) -> int:
     except (OSError, ValueError) as exc:
         raise ServerError(f"{config.pidfile}: cannot read the pid: {exc}") from None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
         raise ServerError(f"{config.pidfile}: process {pid} is not running") from None
+    except OSError:
+        cmdline = b""  # no /proc: trust the pidfile
+    # A stale pidfile whose pid now belongs to another program must not get
+    # our signal.
+    if cmdline and b"policy-host" not in cmdline and b"gunicorn" not in cmdline:
+        raise ServerError(
+            f"{config.pidfile}: process {pid} is not a policy-host server (stale pidfile)"
+        )
     return pid
+
+
+def go_live(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list[str]]:
+    """Compile and write the snapshot; running workers serve it within
+    ``WATCH_INTERVAL`` seconds. Returns what ``compile_snapshot`` returns."""
+    return compile_snapshot(config)
 
 
 def signal_reload(config: ProviderConfig) -> int:

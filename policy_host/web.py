@@ -7,6 +7,9 @@ when the app is made; a request only normalises its Host and looks it up.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .config import config_path, load_config
+from .errors import PolicyHostError
 from .snapshot import compile_snapshot, read_snapshot
 
 log = logging.getLogger(__name__)
@@ -50,34 +54,102 @@ def _plain(status: int, text: str) -> Response:
     return Response(text + "\n", status=status, mimetype="text/plain")
 
 
+class PolicyTable:
+    """``mta-sts.<domain>`` -> bytes, swapped whole when the snapshot changes.
+
+    Requests only do a dict lookup. A watcher thread looks at the snapshot
+    file's identity (inode, mtime, size) every ``interval`` seconds and, when
+    it changed, reads the new file and replaces the dict in one assignment,
+    so a request sees the old table or the new one, never a mix, and no
+    worker has to restart for a change to go live.
+    """
+
+    def __init__(self, policies: Mapping[str, bytes], path: Path | None = None) -> None:
+        self.policies: Mapping[str, bytes] = dict(policies)
+        self.path = path
+        self._stamp = self._identity()
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def get(self, host: str) -> bytes | None:
+        return self.policies.get(host)
+
+    def refresh(self) -> bool:
+        """Load the snapshot if it changed; True when the table was swapped."""
+        stamp = self._identity()
+        if stamp is None or stamp == self._stamp or self.path is None:
+            return False
+        try:
+            snapshot = read_snapshot(self.path)
+        except PolicyHostError:
+            log.exception("cannot load the new snapshot; still serving the previous policies")
+            self._stamp = stamp
+            return False
+        if snapshot is None:
+            return False
+        self.policies = snapshot.policies_by_host()
+        self._stamp = stamp
+        log.info("loaded %d policies from %s", len(self.policies), self.path)
+        return True
+
+    def watch(self, interval: float) -> threading.Thread:
+        """Refresh every ``interval`` seconds in a daemon thread."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                try:
+                    self.refresh()
+                except Exception:  # never let the watcher die
+                    log.exception("snapshot watcher failed")
+
+        thread = threading.Thread(target=loop, name="policy-host-snapshot-watcher", daemon=True)
+        thread.start()
+        return thread
+
+
 def create_app(
     policies: Mapping[str, bytes] | None = None,
     *,
     snapshot_path: Path | None = None,
+    watch_interval: float | None = None,
 ) -> Flask:
     """The WSGI app.
 
     ``policies`` maps ``mta-sts.<domain>`` to bytes (tests pass it directly).
     Otherwise they come from the snapshot at ``snapshot_path``, or, when none
     is given, from the provider config (``$POLICY_HOST_CONFIG`` or the
-    default), compiling a snapshot first if none exists yet.
+    default), compiling a snapshot first if none exists yet. With
+    ``watch_interval`` the snapshot is watched and changes go live by
+    themselves (see ``PolicyTable``).
     """
     app = Flask(__name__)
     if policies is None:
         if snapshot_path is None:
             config = load_config(config_path(None))
-            snapshot = read_snapshot(config.snapshot_path) or compile_snapshot(config)[0]
-        else:
-            found = read_snapshot(snapshot_path)
-            if found is None:
-                raise FileNotFoundError(f"{snapshot_path}: no served-policy snapshot")
-            snapshot = found
-        policies = snapshot.policies_by_host()
-    table = dict(policies)
+            snapshot_path = config.snapshot_path
+            if read_snapshot(snapshot_path) is None:
+                compile_snapshot(config)
+        found = read_snapshot(snapshot_path)
+        if found is None:
+            raise FileNotFoundError(f"{snapshot_path}: no served-policy snapshot")
+        table = PolicyTable(found.policies_by_host(), snapshot_path)
+        if watch_interval:
+            table.watch(watch_interval)
+    else:
+        table = PolicyTable(policies)
     app.extensions["policy_host"] = table
-    log.info("serving %d policies", len(table))
+    log.info("serving %d policies", len(table.policies))
 
-    @app.route(POLICY_PATH, methods=["GET", "HEAD"])
+    # Only GET and HEAD (RFC 8461 section 3.3); no automatic OPTIONS.
+    @app.route(POLICY_PATH, methods=["GET", "HEAD"], provide_automatic_options=False)
     def policy() -> Response:
         host = normalise_host(request.environ.get("HTTP_HOST", ""))
         body = table.get(host) if host else None

@@ -5,4 +5,4 @@ Reads the provider config from ``$POLICY_HOST_CONFIG`` (or the default).
 
 from .web import create_app
 
-app = create_app()
+app = create_app(watch_interval=0.5)
