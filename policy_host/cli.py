@@ -170,6 +170,8 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
     state = "served now" if live else "not served yet: run 'policy-host reload'"
     if tenant is None:
         state = "the file is broken; this is the last good policy, still served"
+        if not path.exists():
+            state = "tenant file removed: 'policy-host apply' withdraws it, then deletes it"
     print(f"; Policy for https://mta-sts.{domain}/.well-known/mta-sts.txt ({state})")
     sys.stdout.write(body.decode("ascii").replace("\r\n", "\n"))
     print()
@@ -179,7 +181,17 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
         print(f"{name:<{width}}  3600  IN  {rtype}  {value}")
     print()
     print("; Record in the provider zone (policy-host apply publishes and rotates it):")
-    print(f'{txt_name}  300  IN  TXT  "v=STSv1; id=<current id>;"')
+    from .state import published_ids
+
+    policy_id = published_ids(config).get(domain, "<not published yet>")
+    print(f'{txt_name}  {config.dns.txt_ttl}  IN  TXT  "v=STSv1; id={policy_id};"')
+    if tenant is not None and tenant.policy.mode != "none":
+        # RFC 8461 section 8: senders may hold the old policy for its max_age.
+        print()
+        print("; Moving MX hosts safely (RFC 8461 section 8): add the new MX to mx: and run")
+        print(f"; 'policy-host apply'; wait max_age ({tenant.policy.max_age} s) so no sender")
+        print("; still caches a policy without it; then change the MX records; then drop the")
+        print("; old entry and apply again (apply warns whenever an mx entry is dropped).")
     if tenant is not None and tenant.tlsrpt_rua:
         print()
         print("; Optional, for TLS reports (RFC 8460), in the customer's zone:")
@@ -269,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_show)
+
+    from . import apply_cli  # apply and zone: rotate and publish policy ids
+
+    apply_cli.register(sub, common)
+
+    from . import certs, nginxconf  # production stack: certificates and nginx
+
+    certs.register(sub, common)
+    nginxconf.register(sub, common)
+
+    from . import checkcmd  # check: each customer's DNS and HTTPS vs what is served
+
+    checkcmd.register(sub, common)
     return parser
 
 

@@ -33,6 +33,19 @@ DEFAULT_VERIFY_TIMEOUT = 10.0
 DEFAULT_WITHDRAWAL_MAX_AGE = 86_400
 DEFAULT_CAA_ISSUERS = ("letsencrypt.org",)
 DEFAULT_CHECK_CONCURRENCY = 100
+DEFAULT_ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+DEFAULT_ACME_WEBROOT = "/var/www/policy-host-acme"
+DEFAULT_CERTBOT = "certbot"
+DEFAULT_CERTBOT_CONFIG_DIR = "/etc/letsencrypt"
+DEFAULT_CERTBOT_WORK_DIR = "/var/lib/letsencrypt"
+DEFAULT_CERTBOT_LOGS_DIR = "/var/log/letsencrypt"
+# Let's Encrypt allows 300 new orders per account per 3 hours; stay well below.
+DEFAULT_ORDERS_PER_HOUR = 30
+DEFAULT_ACME_BACKOFF = 86_400
+DEFAULT_NGINX_TENANTS_CONF = "/etc/nginx/policy-host/tenants.conf"
+DEFAULT_NGINX_SNIPPET = "/etc/nginx/snippets/policy-host-tenant.conf"
+DEFAULT_NGINX_TEST = "nginx -t -q"
+DEFAULT_NGINX_RELOAD = "systemctl reload nginx"
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,36 @@ class CheckSettings:
 
 
 @dataclass(frozen=True)
+class AcmeSettings:
+    """How `certs` runs certbot (one certificate per mta-sts.<domain>)."""
+
+    directory: str = DEFAULT_ACME_DIRECTORY
+    # Account contact; None registers without one.
+    email: str | None = None
+    # Served by nginx on port 80 for /.well-known/acme-challenge/ of any host.
+    webroot: Path = Path(DEFAULT_ACME_WEBROOT)
+    certbot: tuple[str, ...] = (DEFAULT_CERTBOT,)
+    config_dir: Path = Path(DEFAULT_CERTBOT_CONFIG_DIR)
+    work_dir: Path = Path(DEFAULT_CERTBOT_WORK_DIR)
+    logs_dir: Path = Path(DEFAULT_CERTBOT_LOGS_DIR)
+    # New certificate orders at most this many per hour (all hosts together).
+    orders_per_hour: int = DEFAULT_ORDERS_PER_HOUR
+    # After a failed order, at most one attempt per host per this many seconds.
+    backoff: int = DEFAULT_ACME_BACKOFF
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    """Where `certs`/`nginx-conf` write the per-tenant server blocks."""
+
+    tenants_conf: Path = Path(DEFAULT_NGINX_TENANTS_CONF)
+    # Included by every generated server block (listen, TLS, proxy settings).
+    snippet: Path = Path(DEFAULT_NGINX_SNIPPET)
+    test_command: tuple[str, ...] = tuple(DEFAULT_NGINX_TEST.split())
+    reload_command: tuple[str, ...] = tuple(DEFAULT_NGINX_RELOAD.split())
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     path: Path
     tenants_dir: Path
@@ -86,6 +129,8 @@ class ProviderConfig:
     dns: DnsSettings = DnsSettings()
     apply: ApplySettings = ApplySettings()
     check: CheckSettings = CheckSettings()
+    acme: AcmeSettings = AcmeSettings()
+    nginx: NginxSettings = NginxSettings()
 
     @property
     def state_db(self) -> Path:
@@ -166,7 +211,18 @@ def load_config(path: Path) -> ProviderConfig:
     fields = Fields(
         path,
         entries,
-        ("tenants_dir", "state_dir", "policy_host", "id_zone", "serve", "dns", "apply", "check"),
+        (
+            "tenants_dir",
+            "state_dir",
+            "policy_host",
+            "id_zone",
+            "serve",
+            "dns",
+            "apply",
+            "check",
+            "acme",
+            "nginx",
+        ),
         problems,
     )
     base = path.parent
@@ -207,9 +263,12 @@ def load_config(path: Path) -> ProviderConfig:
     dns = _dns_settings(fields.mapping("dns", _DNS_KEYS), base)
     apply = _apply_settings(fields.mapping("apply", _APPLY_KEYS))
     check = _check_settings(fields.mapping("check", _CHECK_KEYS))
+    acme = _acme_settings(fields.mapping("acme", _ACME_KEYS), base)
+    nginx = _nginx_settings(fields.mapping("nginx", _NGINX_KEYS), base)
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
     assert dns is not None and apply is not None and check is not None
+    assert acme is not None and nginx is not None
     return ProviderConfig(
         path=path,
         tenants_dir=Path(os.path.normpath(base / tenants_dir)),
@@ -220,6 +279,8 @@ def load_config(path: Path) -> ProviderConfig:
         dns=dns,
         apply=apply,
         check=check,
+        acme=acme,
+        nginx=nginx,
     )
 
 
@@ -305,4 +366,76 @@ def _check_settings(fields: Fields | None) -> CheckSettings | None:
     return CheckSettings(
         caa_issuers=tuple(issuers) or DEFAULT_CAA_ISSUERS,
         concurrency=_ranged(fields, "concurrency", 1, 10_000, DEFAULT_CHECK_CONCURRENCY),
+    )
+
+
+_ACME_KEYS = (
+    "directory",
+    "email",
+    "webroot",
+    "certbot",
+    "config_dir",
+    "work_dir",
+    "logs_dir",
+    "orders_per_hour",
+    "backoff",
+)
+_NGINX_KEYS = ("tenants_conf", "snippet", "test_command", "reload_command")
+
+
+def _command(fields: Fields, key: str, default: str) -> tuple[str, ...]:
+    """A command line written as one string (split like a shell would)."""
+    import shlex
+
+    text = fields.text(key) or default
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        fields.error(fields.line(key), f"{fields.prefix}{key}: {exc} (got {text!r})")
+        return tuple(default.split())
+    if not argv:
+        fields.error(fields.line(key), f"{fields.prefix}{key}: expected a command")
+        return tuple(default.split())
+    return argv
+
+
+def _path(fields: Fields, key: str, default: str, base: Path) -> Path:
+    return base / (fields.text(key) or default)
+
+
+def _acme_settings(fields: Fields | None, base: Path) -> AcmeSettings | None:
+    if fields is None:
+        return None
+    directory = fields.text("directory") or DEFAULT_ACME_DIRECTORY
+    if not directory.startswith(("https://", "http://")):
+        fields.error(
+            fields.line("directory"),
+            f"acme.directory: expected the ACME directory URL (got {directory!r})",
+        )
+    email = fields.text("email")
+    if email is not None:
+        local, at, domain = email.rpartition("@")
+        if not at or not local or "." not in domain or any(c in email for c in " ,;<>"):
+            fields.error(fields.line("email"), f"acme.email: expected name@domain (got {email!r})")
+    return AcmeSettings(
+        directory=directory,
+        email=email,
+        webroot=_path(fields, "webroot", DEFAULT_ACME_WEBROOT, base),
+        certbot=_command(fields, "certbot", DEFAULT_CERTBOT),
+        config_dir=_path(fields, "config_dir", DEFAULT_CERTBOT_CONFIG_DIR, base),
+        work_dir=_path(fields, "work_dir", DEFAULT_CERTBOT_WORK_DIR, base),
+        logs_dir=_path(fields, "logs_dir", DEFAULT_CERTBOT_LOGS_DIR, base),
+        orders_per_hour=_ranged(fields, "orders_per_hour", 1, 10_000, DEFAULT_ORDERS_PER_HOUR),
+        backoff=_ranged(fields, "backoff", 0, 31_557_600, DEFAULT_ACME_BACKOFF),
+    )
+
+
+def _nginx_settings(fields: Fields | None, base: Path) -> NginxSettings | None:
+    if fields is None:
+        return None
+    return NginxSettings(
+        tenants_conf=_path(fields, "tenants_conf", DEFAULT_NGINX_TENANTS_CONF, base),
+        snippet=_path(fields, "snippet", DEFAULT_NGINX_SNIPPET, base),
+        test_command=_command(fields, "test_command", DEFAULT_NGINX_TEST),
+        reload_command=_command(fields, "reload_command", DEFAULT_NGINX_RELOAD),
     )

@@ -14,17 +14,21 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ProviderConfig
 from .errors import PolicyHostError
 from .render import fingerprint, render
+from .state import fallback_policies
 from .tenants import LoadResult, load_tenants
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+# The source shown for a policy served from the apply state (no tenant file).
+STATE_SOURCE = "apply state (tenant file removed)"
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,20 @@ class Snapshot:
         return {f"mta-sts.{domain}": entry.body for domain, entry in self.entries.items()}
 
 
-def merge(result: LoadResult, previous: Snapshot | None) -> tuple[Snapshot, list[str]]:
+def merge(
+    result: LoadResult,
+    previous: Snapshot | None,
+    from_state: Mapping[str, bytes] | None = None,
+) -> tuple[Snapshot, list[str]]:
     """New snapshot from a load result; returns it and the domains kept at
-    their last good policy."""
+    their last good policy.
+
+    ``from_state`` (``state.fallback_policies``) holds what `apply` serves
+    for tenants whose file is gone: the ``mode: none`` policy while one is
+    withdrawn (RFC 8461 section 8), or the last published policy until
+    `apply` starts withdrawing it. A tenant file that exists always wins.
+    """
+    from_state = from_state or {}
     entries = {
         domain: Entry(render(tenant.policy), tenant.source)
         for domain, tenant in result.tenants.items()
@@ -60,9 +75,13 @@ def merge(result: LoadResult, previous: Snapshot | None) -> tuple[Snapshot, list
     kept = []
     for domain, source in sorted(result.broken.items()):
         old = previous.entries.get(domain) if previous else None
-        if old is not None:
-            entries[domain] = Entry(old.body, source, stale=True)
+        body = old.body if old is not None else from_state.get(domain)
+        if body is not None:
+            entries[domain] = Entry(body, source, stale=True)
             kept.append(domain)
+    for domain, body in from_state.items():
+        if domain not in entries and domain not in result.broken:
+            entries[domain] = Entry(body, STATE_SOURCE)
     return Snapshot(dict(sorted(entries.items()))), kept
 
 
@@ -78,7 +97,7 @@ def compile_snapshot(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list
         raise PolicyHostError(
             "; ".join(str(p) for p in result.problems) + " (the served policies are unchanged)"
         )
-    snapshot, kept = merge(result, previous)
+    snapshot, kept = merge(result, previous, served_from_state(config, previous))
     for problem in result.problems:
         (log.error if problem.is_error else log.warning)("%s", problem)
     for domain in result.broken:
@@ -95,6 +114,16 @@ def compile_snapshot(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list
         len(kept),
     )
     return snapshot, result, kept
+
+
+def served_from_state(config: ProviderConfig, previous: Snapshot | None) -> Mapping[str, bytes]:
+    """``state.fallback_policies``; if the state cannot be read, what was
+    served before (so a withdrawal never stops because of it)."""
+    try:
+        return fallback_policies(config.state_db)
+    except PolicyHostError as exc:
+        log.error("%s; tenants without a file keep the policy served before", exc)
+        return {d: e.body for d, e in previous.entries.items()} if previous else {}
 
 
 def read_snapshot(path: Path) -> Snapshot | None:

@@ -76,6 +76,13 @@ MATCHES = [
     ("*.mx.microsoft", "example-com.a-v1.mx.microsoft", False),
     ("*.a-v1.mx.microsoft", "example-com.a-v1.mx.microsoft", True),
     ("*.mail.protection.outlook.com", "example-com.mail.protection.outlook.com", True),
+    ("*.mx.microsoft", "a-v1.mx.microsoft", True),
+    ("*.a-v1.mx.microsoft", "a-v1.mx.microsoft", False),
+    ("*.a-v1.mx.microsoft", "example-com.b-v1.mx.microsoft", False),
+    # Case and a final dot do not matter on either side.
+    ("MAIL.Example.COM", "mail.example.com", True),
+    ("*.EXAMPLE.com", "a.example.COM.", True),
+    ("mail.example.com.", "mail.example.com", True),
     ("", "example.com", False),
     ("example.com", "", False),
 ]

@@ -1,0 +1,184 @@
+"""The `apply` and `zone` subcommands (registered by ``cli.build_parser``).
+
+Exit status as everywhere in ``cli``: 0 ok; 1 a tenant file has an error
+(nothing changed); 2 usage or config error (including an unsafe TSIG key
+file); 3 a step failed (the report says which, for which tenants; rerun
+`apply` once it is fixed and it takes up where this run stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from .apply import VALIDATE, Change, Report, iso, real_environment, run
+from .config import ProviderConfig
+from .publish import record_name, txt_rdata, txt_value
+from .state import ACTIVE, DELETE, NEW, WITHDRAW, WITHDRAWING, read_records
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_FAILURE = 3
+# Show progress on a terminal from this many items on.
+PROGRESS_FROM = 20
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add `apply` and `zone` to the `policy-host` subcommands."""
+    p = subparsers.add_parser(
+        "apply",
+        parents=[common],
+        help="serve changed policies, then publish their new ids in DNS",
+        description="Validate the tenants; for each new, changed or removed tenant serve the "
+        "new policy (reload the server, verify every upstream), then publish a new id with a "
+        "TSIG-signed DNS UPDATE to the primary, confirm it there and record it (RFC 8461 "
+        "section 8). Removed tenants serve 'mode: none' until their longest max_age has run "
+        "out, then their TXT is deleted. A run that stops is completed by the next one.",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (policy diffs, old and new ids, DNS UPDATE); change nothing",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(handler=cmd_apply)
+
+    p = subparsers.add_parser(
+        "zone",
+        parents=[common],
+        help="the provider zone's TXT records, from the apply state (zone-file form)",
+        description="Print every published <domain>.<id_zone> TXT record in zone-file form, "
+        "for providers whose DNS takes no dynamic updates. Only ids whose policies apply has "
+        "served and verified are printed.",
+    )
+    p.set_defaults(handler=cmd_zone)
+
+
+def _progress(step: str, done: int, total: int) -> None:
+    if total < PROGRESS_FROM:
+        return
+    end = "\n" if done == total else ""
+    print(f"\r{step}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
+    env = real_environment(config)
+    if sys.stderr.isatty() and not args.json:
+        env.progress = _progress
+    report = run(config, env, dry_run=args.dry_run)
+    if args.json:
+        json.dump(report.as_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print_report(report, config, sys.stdout)
+    failure = report.failure
+    if failure is None:
+        return EXIT_OK
+    if not args.json:
+        for problem in report.problems if failure.step == VALIDATE else ():
+            print(problem, file=sys.stderr)
+        print(f"policy-host: {failure}", file=sys.stderr)
+        if failure.step != VALIDATE:
+            print(
+                "policy-host: run 'policy-host apply' again once this is fixed: "
+                "it takes up where this run stopped",
+                file=sys.stderr,
+            )
+    return EXIT_PROBLEMS if failure.step == VALIDATE else EXIT_FAILURE
+
+
+def _change_line(change: Change, dry_run: bool) -> str:
+    would = "would " if dry_run else ""
+    again = " (taking up an interrupted run)" if change.resumed else ""
+    if change.kind == DELETE:
+        return (
+            f"{change.domain}: delete: withdrawal over; {would}delete its TXT (id "
+            f"{change.old_id}) and stop serving it{again}"
+        )
+    if change.kind == WITHDRAW:
+        return (
+            f"{change.domain}: withdraw: tenant file removed; {would}serve mode none under id "
+            f"{change.new_id} (was {change.old_id or '-'}){again}"
+        )
+    verb = "publish" if change.kind == NEW else "change id"
+    ids = change.new_id if change.kind == NEW else f"{change.old_id or '-'} -> {change.new_id}"
+    return f"{change.domain}: {change.kind}: {would}{verb} {ids}{again}"
+
+
+def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
+    """The human report: per tenant what changed, then notes and a summary."""
+    plan = report.plan
+    dry = report.dry_run
+    stopped = f" [not done: stopped at step '{report.failure.step}']" if report.failure else ""
+    for change in plan.changes:
+        print(_change_line(change, dry) + stopped, file=out)
+        if dry:
+            for line in change.diff():
+                print(f"    {line}", file=out)
+    for withdrawal in plan.withdrawing:
+        print(
+            f"{withdrawal.domain}: withdrawing: serving mode none (id {withdrawal.policy_id}) "
+            f"until {iso(withdrawal.ends)}, then its TXT is deleted",
+            file=out,
+        )
+    for note in (*plan.notes, *report.notes):
+        print(f"note: {note}", file=out)
+    if dry and report.reload:
+        print(
+            f"would reload the server and verify at {', '.join(config.upstreams) or '(none)'}",
+            file=out,
+        )
+    if dry and report.updates:
+        print(f"DNS UPDATE to the primary ({len(report.updates)} message(s)):", file=out)
+        for text in report.updates:
+            for line in text.splitlines():
+                print(f"    {line}", file=out)
+    if report.manual_dns and plan.changes:
+        print(
+            ("after apply, " if dry else "")
+            + "dns.primary is not set: load these records into the provider zone yourself "
+            "('policy-host zone' prints them all):",
+            file=out,
+        )
+        for change in plan.changes:
+            name = record_name(config, change.domain)
+            if change.new_id is None:
+                print(f"    ; delete {name} TXT", file=out)
+            else:
+                rdata = txt_rdata(txt_value(change.new_id)).to_text()
+                print(f"    {name} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
+    if report.failure is not None:
+        return
+    count = len(plan.changes)
+    summary = f"{count} change{'s' if count != 1 else ''}, {len(plan.unchanged)} unchanged"
+    if dry:
+        shown = " (the new ids shown are examples)" if count else ""
+        print(f"dry run: {summary}; nothing was changed{shown}", file=sys.stderr)
+    elif count and not report.manual_dns:
+        print(f"apply: {summary}; served, published and confirmed", file=sys.stderr)
+    else:
+        print(f"apply: {summary}", file=sys.stderr)
+
+
+def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:
+    records = read_records(config.state_db)
+    out = sys.stdout
+    print(f"; MTA-STS id records (RFC 8461 section 3.1) below {config.id_zone}.", file=out)
+    print(f"; From {config.state_db}; 'policy-host apply' rotates the ids.", file=out)
+    for domain, record in records.items():
+        if record.pending is not None:
+            print(
+                f"; {domain}: an apply run was interrupted here; run 'policy-host apply'",
+                file=out,
+            )
+        if record.status not in (ACTIVE, WITHDRAWING) or record.policy_id is None:
+            continue
+        if record.status == WITHDRAWING:
+            ends = record.withdrawal_ends()
+            until = iso(ends) if ends is not None else "?"
+            print(f"; {domain}: withdrawing (mode none) until {until}", file=out)
+        rdata = txt_rdata(txt_value(record.policy_id)).to_text()
+        print(f"{record_name(config, domain)} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
+    return EXIT_OK
