@@ -30,10 +30,10 @@ def unit(name: str) -> configparser.RawConfigParser:
     return parser
 
 
-def test_server_unit_is_notify_reloads_on_hup_and_is_sandboxed() -> None:
+def test_server_unit_is_notify_reloads_in_place_and_is_sandboxed() -> None:
     service = unit("policy-host.service")["Service"]
     assert service["Type"] == "notify"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["ExecReload"] == "/opt/policy-host/.venv/bin/policy-host reload"
     assert service["User"] == "policy-host"
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
