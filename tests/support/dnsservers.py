@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import dns.exception
@@ -43,6 +42,7 @@ from .procs import (
     LOOPBACK,
     Daemon,
     DaemonError,
+    Managed,
     free_port,
     port_open,
     require_binary,
@@ -246,7 +246,7 @@ def soa_serial(
 ROOT_ZONE = Zone(".", (f"{HARNESS_NS} A 127.0.0.1",))  # glue for the NS
 
 
-class KnotServer:
+class KnotServer(Managed):
     """An authoritative knotd on 127.0.0.1 serving ``zones``; a context manager.
 
     A minimal root zone is added unless ``zones`` has one, so that every
@@ -412,22 +412,6 @@ class KnotServer:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
     # -- control -----------------------------------------------------------
 
     def knotc(self, *args: str, timeout: float = 10.0) -> str:
@@ -520,7 +504,7 @@ class KnotServer:
 # --------------------------------------------------------------------------
 
 
-class UnboundResolver:
+class UnboundResolver(Managed):
     """A recursive unbound on 127.0.0.1 that asks ``knot`` for every name.
 
     Caching is effectively off (TTLs capped at 0, no prefetch, no serving
@@ -656,22 +640,6 @@ class UnboundResolver:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def resolver(self, timeout: float = 2.0) -> dns.resolver.Resolver:
         """A dnspython resolver that uses only this unbound (no /etc/resolv.conf)."""

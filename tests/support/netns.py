@@ -22,10 +22,8 @@ import shlex
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from .procs import DaemonError, require_binary
+from .procs import DaemonError, Managed, require_binary
 
 __all__ = ["NetNamespace", "netns_supported", "private_resolv_conf"]
 
@@ -60,7 +58,7 @@ def _ip(*args: str) -> None:
         raise DaemonError(f"{' '.join(argv)} failed: {(done.stdout + done.stderr).strip()}")
 
 
-class NetNamespace:
+class NetNamespace(Managed):
     """``ip netns add`` on enter, ``ip netns delete`` on exit."""
 
     def __init__(self, prefix: str = "ph-test") -> None:
@@ -102,20 +100,10 @@ class NetNamespace:
         """``argv`` run inside the namespace from anywhere (``ip netns exec``)."""
         return [require_binary("ip"), "netns", "exec", self.name, *argv]
 
-    def __enter__(self) -> Self:
-        try:
-            self.create()
-        except BaseException:
-            self.delete()
-            raise
-        return self
+    def start(self) -> None:
+        self.create()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cleanup(self) -> None:
         self.delete()
 
 

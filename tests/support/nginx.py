@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .layout import ROOT
-from .procs import LOOPBACK, Daemon, port_open, require_binary
+from .procs import LOOPBACK, Daemon, Managed, port_open, require_binary
 
 __all__ = ["SHIPPED_NGINX", "NginxServer"]
 
@@ -27,7 +25,7 @@ SITE = "policy-host.conf"
 SNIPPET = "policy-host-tenant.conf"
 
 
-class NginxServer:
+class NginxServer(Managed):
     def __init__(self, workdir: Path, *, socket_path: Path, webroot: Path) -> None:
         self.workdir = workdir
         self.socket_path = socket_path
@@ -139,18 +137,5 @@ class NginxServer:
             self._daemon.stop()
             self._daemon = None
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cleanup(self) -> None:
         self.stop()

@@ -16,16 +16,14 @@ import ssl
 import tempfile
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from .procs import LOOPBACK, Daemon, port_open, require_binary
+from .procs import LOOPBACK, Daemon, Managed, port_open, require_binary
 from .tls import make_ca
 
 __all__ = ["Pebble"]
 
 
-class Pebble:
+class Pebble(Managed):
     def __init__(
         self,
         *,
@@ -114,18 +112,5 @@ class Pebble:
             self._daemon.stop()
             self._daemon = None
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cleanup(self) -> None:
         self.stop()

@@ -36,6 +36,33 @@ LOOPBACK = "127.0.0.1"
 PortKind = Literal["tcp", "udp", "both"]
 
 
+class Managed:
+    """A test server as a context manager: ``start()`` on entry (cleaning up
+    whatever it got to if it fails), ``cleanup()`` on exit, always."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
 class DaemonError(RuntimeError):
     """A helper process failed to start, died early, or did not get ready."""
 
@@ -124,7 +151,7 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class Daemon:
+class Daemon(Managed):
     """A subprocess run in the foreground for the duration of a ``with`` block.
 
     Its stdout and stderr go to ``<workdir>/<name>.log``. ``workdir`` defaults
@@ -260,19 +287,3 @@ class Daemon:
         self.stop()
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -33,14 +33,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .dnsservers import KnotServer, TsigKey, UnboundResolver, Zone
 from .netns import NetNamespace, private_resolv_conf
 from .nginx import NginxServer
 from .pebble import Pebble
-from .procs import LOOPBACK, Daemon, MissingBinaryError, require_binary
+from .procs import LOOPBACK, Daemon, Managed, MissingBinaryError, require_binary
 
 __all__ = [
     "POLICY_HOST",
@@ -115,7 +113,7 @@ class HttpsAnswer:
 
 
 @dataclass
-class MiniInternet:
+class MiniInternet(Managed):
     root: Path
     customers: Sequence[Customer]
     key: TsigKey = field(default_factory=TsigKey.generate)
@@ -242,20 +240,7 @@ nginx:
     def stop(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cleanup(self) -> None:
         self.stop()
 
     # -- use ---------------------------------------------------------------
