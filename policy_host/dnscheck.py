@@ -209,6 +209,17 @@ STS_VERSION = "v=STSv1"
 TLSRPT_VERSION = "v=TLSRPTv1"
 
 
+def has_version(text: str, version: str) -> bool:
+    """Does a TXT value begin with ``version`` and its separator?
+
+    RFC 8461 section 3.1 (and RFC 8460 section 3 alike): records that do
+    not begin with "v=STSv1;" are discarded, so ``v=STSv10;...`` or a bare
+    ``v=STSv1`` is not a candidate (WSP before the ";" is allowed by the
+    ABNF).
+    """
+    return text.startswith(version) and _WSP_SEMI.match(text, len(version)) is not None
+
+
 def txt_value(rdata: dns.rdata.Rdata) -> str:
     """A TXT record's strings joined with nothing between (RFC 8461 section
     3.1), as text; bytes that are not ASCII show as escapes."""
@@ -451,7 +462,7 @@ async def check_txt(ctx: CheckContext, tenant: Tenant, report: TenantReport) -> 
             subject=name,
         )
         return
-    candidates = [text for text in records if text.startswith(STS_VERSION)]
+    candidates = [text for text in records if has_version(text, STS_VERSION)]
     if not candidates:
         seen = f" (found: {_shown(records)})" if records else ""
         report.add(
@@ -592,7 +603,7 @@ async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) 
     if answer.failed:
         _dns_reason(report, answer, WARN)
         return
-    candidates = [text for text in records if text.startswith(TLSRPT_VERSION)]
+    candidates = [text for text in records if has_version(text, TLSRPT_VERSION)]
     expected = tenant.tlsrpt_rua
     hint = f" '{name}. TXT \"v=TLSRPTv1; rua={','.join(expected)}\"'" if expected else ""
     if not candidates:

@@ -194,6 +194,14 @@ CASES = [
         expect=(("txt_multiple", "fail"),),
     ),
     Case(
+        # RFC 8461 section 3.1: a record not beginning "v=STSv1;" is
+        # discarded before counting, so the valid one stands alone.
+        "txt-sts10.example",
+        records=good(),
+        provider=(*sts(), '{d}._mta-sts TXT "v=STSv10; id=future1;"'),
+        expect=(),
+    ),
+    Case(
         "txt-invalid.example",
         records=good(),
         provider=sts(f"v=STSv1; id={PUBLISHED}; not a field"),

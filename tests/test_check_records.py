@@ -16,6 +16,7 @@ from policy_host.dnscheck import (
     body_difference,
     caa_names,
     caa_problem,
+    has_version,
     microsoft_pattern,
     parse_sts_record,
     parse_tlsrpt_record,
@@ -51,6 +52,28 @@ def test_sts_record_syntax(text: str, policy_id: str | None, problem: str | None
         assert found_problem is None
     else:
         assert found_problem is not None and problem in found_problem
+
+
+@pytest.mark.parametrize(
+    ("text", "version", "candidate"),
+    [
+        ("v=STSv1; id=abc;", "v=STSv1", True),
+        ("v=STSv1 ;id=abc", "v=STSv1", True),
+        ("v=STSv1;", "v=STSv1", True),
+        ("v=STSv10; id=abc;", "v=STSv1", False),
+        ("v=STSv1", "v=STSv1", False),
+        ("v=STSv1 id=abc", "v=STSv1", False),
+        ("V=STSV1; id=abc;", "v=STSv1", False),
+        (" v=STSv1; id=abc;", "v=STSv1", False),
+        ("v=TLSRPTv1; rua=mailto:a@b.example", "v=TLSRPTv1", True),
+        ("v=TLSRPTv10; rua=mailto:a@b.example", "v=TLSRPTv1", False),
+    ],
+)
+def test_only_records_beginning_with_version_and_separator_are_candidates(
+    text: str, version: str, candidate: bool
+) -> None:
+    # RFC 8461 section 3.1: other records are discarded before counting.
+    assert has_version(text, version) is candidate
 
 
 TLSRPT_RECORDS = [
