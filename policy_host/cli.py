@@ -66,7 +66,8 @@ def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
                 f"{len(result.tenants)} valid, {errors} errors, {warnings} warnings",
                 file=sys.stderr,
             )
-    if errors or (args.strict and warnings):
+    # Like `nginx -t`, but a warning is a finding too: exit 0 only when clean.
+    if errors or (warnings and not args.allow_warnings):
         return EXIT_PROBLEMS
     return EXIT_OK
 
@@ -233,11 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check the provider config and every tenant file (like nginx -t)",
         description="Check the provider config and every tenant file. Prints each problem as "
-        "path:line: message; changes nothing. Exit 0 when there are no errors (warnings are "
-        "printed but pass unless --strict), 1 when any tenant has an error, 2 when the provider "
-        "config itself is broken.",
+        "path:line: message; changes nothing. Exit 0 only when clean, 1 when any tenant has an "
+        "error or a warning (--allow-warnings: errors only), 2 when the provider config itself "
+        "is broken.",
     )
-    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p.add_argument(
+        "--allow-warnings", action="store_true", help="exit 0 when only warnings are found"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     p.set_defaults(handler=cmd_validate)
@@ -247,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run the policy server (gunicorn)",
         description="Run gunicorn serving /.well-known/mta-sts.txt for every tenant. It compiles "
-        "the tenants on start and on SIGHUP ('policy-host reload'); a broken tenant file keeps "
-        "its last good policy.",
+        "the tenants on start; later changes go live with 'policy-host reload' or 'apply' (the "
+        "workers swap to the new snapshot in memory). A broken tenant file keeps its last good "
+        "policy. SIGHUP to the master recompiles and replaces the workers: for code upgrades.",
     )
     p.add_argument(
         "--bind", type=_bind_arg, metavar="HOST:PORT", help="listen address (or unix:PATH)"

@@ -11,8 +11,6 @@ graceful reload), which is only needed after upgrading the code.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +118,3 @@ def go_live(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list[str]]:
     """Compile and write the snapshot; running workers serve it within
     ``WATCH_INTERVAL`` seconds. Returns what ``compile_snapshot`` returns."""
     return compile_snapshot(config)
-
-
-def signal_reload(config: ProviderConfig) -> int:
-    """Send the running server ``SIGHUP``; returns its pid."""
-    pid = running_pid(config)
-    os.kill(pid, signal.SIGHUP)
-    log.info("sent SIGHUP to the server (pid %d)", pid)
-    return pid

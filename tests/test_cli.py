@@ -43,13 +43,14 @@ def test_validate_reports_every_problem_and_fails(
     ]
 
 
-def test_validate_warnings_pass_unless_strict(
+def test_validate_warnings_fail_unless_allowed(
     tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tree / "tenants" / "example.com.yaml").write_text("mode: testing\nmx: [a.b.c]\nmax_age: 60\n")
     config = str(tree / "config.yaml")
-    assert run(capsys, "validate", "--config", config)[0] == 0
-    assert run(capsys, "validate", "--strict", "--config", config)[0] == 1
+    status, out, _ = run(capsys, "validate", "--config", config)
+    assert (status, "warning: max_age 60 is under a day" in out) == (1, True)
+    assert run(capsys, "validate", "--allow-warnings", "--config", config)[0] == 0
 
 
 def test_validate_json(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
