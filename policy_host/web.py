@@ -50,6 +50,23 @@ def normalise_host(raw: str) -> str | None:
     return host
 
 
+def request_host(environ: Mapping[str, object]) -> str:
+    """The host a request is for, as nginx takes it.
+
+    RFC 9112 section 3.2.2: with an absolute-form target
+    (``GET http://host/path``) the target's authority is the host and the
+    Host header is ignored. gunicorn leaves that to the app (``RAW_URI``
+    is the target as sent).
+    """
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    if isinstance(target, str):
+        scheme, sep, rest = target.partition("://")
+        if sep and scheme.lower() in ("http", "https"):
+            return rest.partition("/")[0].partition("?")[0]
+    host = environ.get("HTTP_HOST", "")
+    return host if isinstance(host, str) else ""
+
+
 def _plain(status: int, text: str) -> Response:
     return Response(text + "\n", status=status, mimetype="text/plain")
 
@@ -68,6 +85,7 @@ class PolicyTable:
         self.policies: Mapping[str, bytes] = dict(policies)
         self.path = path
         self._stamp = self._identity()
+        self._failed: tuple[int, int, int] | None = None
 
     def _identity(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -89,8 +107,11 @@ class PolicyTable:
         try:
             snapshot = read_snapshot(self.path)
         except PolicyHostError:
-            log.exception("cannot load the new snapshot; still serving the previous policies")
-            self._stamp = stamp
+            # Keep the old stamp so the next tick tries again: a worker that
+            # gave up here would serve old bytes under a newly published id.
+            if stamp != self._failed:
+                log.exception("cannot load the new snapshot; still serving the previous policies")
+                self._failed = stamp
             return False
         if snapshot is None:
             return False
@@ -148,10 +169,13 @@ def create_app(
     app.extensions["policy_host"] = table
     log.info("serving %d policies", len(table.policies))
 
-    # Only GET and HEAD (RFC 8461 section 3.3); no automatic OPTIONS.
-    @app.route(POLICY_PATH, methods=["GET", "HEAD"], provide_automatic_options=False)
+    # Only GET and HEAD (RFC 8461 section 3.3); no automatic OPTIONS. No
+    # merged slashes: werkzeug would answer '//' in the path with a redirect.
+    @app.route(
+        POLICY_PATH, methods=["GET", "HEAD"], provide_automatic_options=False, merge_slashes=False
+    )
     def policy() -> Response:
-        host = normalise_host(request.environ.get("HTTP_HOST", ""))
+        host = normalise_host(request_host(request.environ))
         body = table.get(host) if host else None
         if body is None:
             return _plain(404, "not found")

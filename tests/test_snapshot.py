@@ -83,3 +83,26 @@ def test_unreadable_tenants_folder_keeps_every_policy(config: ProviderConfig) ->
     with pytest.raises(PolicyHostError, match="cannot read tenants folder"):
         compile_snapshot(config)
     assert read_snapshot(config.snapshot_path) == before
+
+
+def test_worker_retries_a_snapshot_it_could_not_read(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policy_host import web
+
+    compile_snapshot(config)
+    table = web.PolicyTable({}, config.snapshot_path)
+    (config.tenants_dir / "example.org.yaml").unlink()
+    compile_snapshot(config)  # a new snapshot the worker has not loaded yet
+    failures = iter([PolicyHostError("transient read error")])
+
+    def flaky_read(path: Path) -> object:
+        for exc in failures:
+            raise exc
+        return read_snapshot(path)
+
+    monkeypatch.setattr(web, "read_snapshot", flaky_read)
+    assert table.refresh() is False  # the read failed ...
+    assert table.refresh() is True  # ... and the same file is tried again
+    assert table.get("mta-sts.example.com") == (GOLDEN / "example.com.txt").read_bytes()
+    assert table.get("mta-sts.example.org") is None
