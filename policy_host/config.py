@@ -153,6 +153,17 @@ class ProviderConfig:
     def pidfile(self) -> Path:
         return self.state_dir / "gunicorn.pid"
 
+    @property
+    def www_dir(self) -> Path:
+        """One file per served policy, named by host, that nginx serves by
+        itself (see ``static``; nginx/policy-host-tenant.conf)."""
+        return self.state_dir / "www"
+
+    @property
+    def parse_cache_path(self) -> Path:
+        """What each tenant file parsed to, by file identity (``parsecache``)."""
+        return self.state_dir / "parse-cache.json"
+
     def id_record_target(self, domain: str) -> str:
         """Where ``_mta-sts.<domain>`` points: the TXT name the provider owns."""
         return f"{domain}.{self.id_zone}"

@@ -31,6 +31,12 @@ POLICY_HOST_PREFIX = "mta-sts."
 ID_RECORD_PREFIX = "_mta-sts."
 
 _LDH = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+# A name already in its final form: lower-case LDH labels of 1-63
+# characters, at least two, and no '--' anywhere (so no A-label and no
+# reserved label). It passes every rule in ``hostname`` as it is.
+_PLAIN_NAME = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+\Z"
+)
 
 
 class InvalidValue(ValueError):
@@ -53,6 +59,18 @@ def hostname(text: str, *, what: str = "name") -> Hostname:
     rules plus UTS #46 mapping (the ``idna`` package); A-labels written
     directly must decode and re-encode to themselves.
     """
+    if (
+        len(text) <= MAX_NAME_LENGTH
+        and "--" not in text
+        and _PLAIN_NAME.match(text)
+        and not text[text.rfind(".") + 1 :].isdigit()
+    ):
+        return Hostname(text)  # the common case, 10x quicker (docs/performance.md)
+    return _hostname(text, what)
+
+
+def _hostname(text: str, what: str) -> Hostname:
+    """``hostname`` for any text: every rule, one at a time."""
     if not text:
         raise InvalidValue(f"{what} is empty")
     if text.endswith("."):

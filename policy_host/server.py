@@ -1,16 +1,21 @@
 """Run the app under gunicorn, and make tenant changes go live.
 
-A change goes live by rewriting the served-policy snapshot (``go_live``):
-every worker watches that file and swaps its table in memory within
+A change goes live by rewriting the served-policy snapshot (``go_live``),
+together with the policy files nginx serves by itself (``static``): every
+worker watches the snapshot and swaps its table in memory within
 ``WATCH_INTERVAL`` seconds, so no worker restarts and no request fails.
-The gunicorn master also compiles the snapshot when it starts and on
-``SIGHUP``; ``SIGHUP`` additionally replaces the workers (gunicorn's
-graceful reload), which is only needed after upgrading the code.
+The gunicorn master also compiles the snapshot when it starts (beside the
+workers, when a snapshot from an earlier run exists) and on ``SIGHUP``;
+``SIGHUP`` additionally replaces the workers (gunicorn's graceful reload),
+which is only needed after upgrading the code.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ from gunicorn.app.base import BaseApplication
 from .config import ProviderConfig, load_config
 from .errors import PolicyHostError, ServerError
 from .snapshot import Snapshot, compile_snapshot
-from .tenants import LoadResult
+from .tenants import LoadResult, default_jobs
 from .web import create_app
 
 log = logging.getLogger(__name__)
@@ -28,7 +33,7 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.5
 
 
-def recompile(config_file: Path, fallback: ProviderConfig) -> None:
+def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> None:
     """Rebuild the snapshot; a broken provider config keeps the old one."""
     try:
         config = load_config(config_file)
@@ -39,7 +44,7 @@ def recompile(config_file: Path, fallback: ProviderConfig) -> None:
         log.warning("state_dir changed; restart the server for it to take effect")
         return
     try:
-        compile_snapshot(config)
+        compile_snapshot(config, jobs=jobs)
     except Exception:
         # This runs in the gunicorn master: an exception here would stop the
         # whole server. Whatever went wrong, keep serving what we had.
@@ -75,10 +80,29 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
             "accesslog": "-" if access_log else None,
             "errorlog": "-",
             "proc_name": "policy-host",
-            "on_starting": self._compile,
+            "on_starting": self._starting,
+            "when_ready": self._ready,
             "on_reload": self._compile,
         }
+        self._compile_later = False
         super().__init__()
+
+    def _starting(self, _arbiter: Any) -> None:
+        # With a snapshot from an earlier run the workers start serving it at
+        # once and the compile runs beside them (see ``_ready``): with
+        # 100,000 tenants it takes seconds, and what was served before the
+        # restart is what apply last verified. Without one, compile first,
+        # in a process per core (gunicorn has no signal handlers yet, so
+        # nothing else reaps those children).
+        if self.config.snapshot_path.exists():
+            self._compile_later = True
+            return
+        recompile(self.config.path, self.config, jobs=default_jobs())
+
+    def _ready(self, arbiter: Any) -> None:
+        if self._compile_later:
+            self._compile_later = False
+            compile_in_background(self.config.path, self.config, arbiter.LISTENERS)
 
     def _compile(self, _arbiter: Any) -> None:
         recompile(self.config.path, self.config)
@@ -89,6 +113,34 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return create_app(snapshot_path=self.config.snapshot_path, watch_interval=WATCH_INTERVAL)
+
+
+def compile_in_background(
+    config_file: Path, fallback: ProviderConfig, listeners: Sequence[Any] = ()
+) -> int:
+    """``recompile`` in a child of the gunicorn master; returns its pid.
+
+    The child drops the master's signal handlers and listening sockets,
+    compiles, and always exits 0 (gunicorn reaps it like a worker, and
+    would stop the server for a worker that exits 3 or 4). The workers
+    pick the new snapshot up as any other (``WATCH_INTERVAL``).
+    """
+    pid = os.fork()
+    if pid:
+        log.info("compiling the tenants in the background (pid %d)", pid)
+        return pid
+    try:
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                       signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                       signal.SIGTTOU, signal.SIGWINCH):  # fmt: skip
+            signal.signal(number, signal.SIG_DFL)
+        for listener in listeners:
+            listener.close()
+        recompile(config_file, fallback, jobs=default_jobs())
+    except BaseException:
+        log.exception("background compile failed")
+    finally:
+        os._exit(0)
 
 
 def running_pid(config: ProviderConfig) -> int:
@@ -114,7 +166,11 @@ def running_pid(config: ProviderConfig) -> int:
     return pid
 
 
-def go_live(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list[str]]:
+def go_live(
+    config: ProviderConfig, *, loaded: LoadResult | None = None
+) -> tuple[Snapshot, LoadResult, list[str]]:
     """Compile and write the snapshot; running workers serve it within
-    ``WATCH_INTERVAL`` seconds. Returns what ``compile_snapshot`` returns."""
-    return compile_snapshot(config)
+    ``WATCH_INTERVAL`` seconds. Returns what ``compile_snapshot`` returns.
+    (Called from the command line, where reading many changed tenant files
+    in a process per core is safe.)"""
+    return compile_snapshot(config, jobs=default_jobs(), loaded=loaded)

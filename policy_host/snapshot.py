@@ -14,12 +14,15 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from . import static
 from .config import ProviderConfig
 from .errors import PolicyHostError
+from .parsecache import gc_paused
 from .render import fingerprint, render
 from .state import fallback_policies
 from .tenants import LoadResult, load_tenants
@@ -68,10 +71,15 @@ def merge(
     `apply` starts withdrawing it. A tenant file that exists always wins.
     """
     from_state = from_state or {}
-    entries = {
-        domain: Entry(render(tenant.policy), tenant.source)
-        for domain, tenant in result.tenants.items()
-    }
+    if result.bodies:  # from load_tenants
+        entries = {
+            domain: Entry(body, result.sources[domain]) for domain, body in result.bodies.items()
+        }
+    else:  # a LoadResult made by hand: tenants only
+        entries = {
+            domain: Entry(render(tenant.policy), tenant.source)
+            for domain, tenant in result.tenants.items()
+        }
     kept = []
     for domain, source in sorted(result.broken.items()):
         old = previous.entries.get(domain) if previous else None
@@ -85,14 +93,35 @@ def merge(
     return Snapshot(dict(sorted(entries.items()))), kept
 
 
-def compile_snapshot(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list[str]]:
+def compile_snapshot(
+    config: ProviderConfig, *, jobs: int = 1, loaded: LoadResult | None = None
+) -> tuple[Snapshot, LoadResult, list[str]]:
     """Load tenants, merge with the last snapshot, write the result.
 
-    Returns the snapshot written, the load result (for its problems) and the
-    domains served from their last good policy.
+    Every served policy is also written as a file nginx serves by itself
+    (``static``), before the snapshot, so that both say the same once this
+    returns. Tenant files unchanged since the parse cache saw them are not
+    read again; the others are read in ``jobs`` processes when many.
+    ``loaded`` is a load of the tenant files the caller already made (and
+    checked): `apply` serves exactly what it validated and planned.
+
+    Returns the snapshot written, the load result (for its problems and
+    broken files; it holds ``bodies``, not ``Tenant`` objects: see
+    ``load_tenants(tenants=False)``) and the domains served from their last
+    good policy.
     """
+    with gc_paused():
+        return _compile(config, jobs, loaded)
+
+
+def _compile(
+    config: ProviderConfig, jobs: int, loaded: LoadResult | None
+) -> tuple[Snapshot, LoadResult, list[str]]:
     previous = read_snapshot(config.snapshot_path)
-    result = load_tenants(config)
+    if loaded is not None:
+        result = loaded
+    else:
+        result = load_tenants(config, jobs=jobs, save_cache=True, tenants=False)
     if not result.complete:
         raise PolicyHostError(
             "; ".join(str(p) for p in result.problems) + " (the served policies are unchanged)"
@@ -105,7 +134,24 @@ def compile_snapshot(config: ProviderConfig) -> tuple[Snapshot, LoadResult, list
             log.warning("%s: file is broken; still serving its last good policy", domain)
         else:
             log.error("%s: file is broken and no earlier policy exists; not served", domain)
-    write_snapshot(config.snapshot_path, snapshot)
+    try:
+        static.sync(
+            config.www_dir,
+            snapshot.policies_by_host(),
+            previous.policies_by_host() if previous is not None else None,
+        )
+    except OSError as exc:
+        raise PolicyHostError(
+            f"{config.www_dir}: cannot write the policy files nginx serves: {exc}"
+        ) from exc
+    try:
+        write_snapshot(config.snapshot_path, snapshot)
+    except OSError as exc:  # a full disk: the workers keep the old snapshot
+        raise PolicyHostError(
+            f"{config.snapshot_path}: cannot write the served-policy snapshot: {exc}"
+        ) from exc
+    static.done(config.www_dir)
+    result.save_cache()  # last: the policies are live already
     log.info(
         "compiled %d policies from %d tenant files (%d problems, %d kept at last good)",
         len(snapshot.entries),
@@ -126,22 +172,79 @@ def served_from_state(config: ProviderConfig, previous: Snapshot | None) -> Mapp
         return {d: e.body for d, e in previous.entries.items()} if previous else {}
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+# The last snapshot read, by its file's identity: a run reads it several
+# times (`reload` for its report, the compile for "last good"; `apply`), and
+# with 100,000 tenants each read costs a few tenths of a second. The file is
+# only ever replaced by rename, so a new snapshot always has a new identity.
+_last_read: tuple[Path, tuple[int, int, int, int], Snapshot] | None = None
+
+
 def read_snapshot(path: Path) -> Snapshot | None:
     """The snapshot at ``path``; ``None`` if there is none yet."""
+    global _last_read
+    ident = _identity(path)
+    if ident is None:
+        return None
+    if _last_read is not None and _last_read[:2] == (path, ident):
+        return _last_read[2]
+    raw = _load(path)
+    if raw is None:
+        return None
     try:
-        with open(path, encoding="ascii") as handle:
-            raw = json.load(handle)
+        with gc_paused():
+            entries = {
+                domain: Entry(item["body"].encode("ascii"), item["source"], bool(item["stale"]))
+                for domain, item in raw["tenants"].items()
+            }
+    except (KeyError, TypeError, AttributeError, UnicodeError) as exc:
+        raise PolicyHostError(f"{path}: not a policy-host snapshot: {exc!r}") from exc
+    snapshot = Snapshot(entries)
+    _last_read = (path, ident, snapshot)
+    return snapshot
+
+
+def read_policies(path: Path) -> dict[str, bytes] | None:
+    """``mta-sts.<domain>`` -> body from the snapshot at ``path``: what the
+    web workers need, and no more. Each tenant's entry is dropped for its
+    body as soon as it is parsed, so a worker holding 100,000 policies never
+    holds the whole parsed file as well (docs/performance.md)."""
+    raw = _load(path, object_hook=_body_only)
+    if raw is None:
+        return None
+    try:
+        with gc_paused():
+            return {
+                "mta-sts." + domain: body.encode("ascii") for domain, body in raw["tenants"].items()
+            }
+    except (KeyError, TypeError, AttributeError, UnicodeError) as exc:
+        raise PolicyHostError(f"{path}: not a policy-host snapshot: {exc!r}") from exc
+
+
+def _body_only(entry: dict[str, Any]) -> Any:
+    return entry.get("body", entry)
+
+
+def _load(
+    path: Path, object_hook: Callable[[dict[str, Any]], Any] | None = None
+) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as handle, gc_paused():
+            raw = json.loads(handle.read(), object_hook=object_hook)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise PolicyHostError(f"{path}: not a policy-host snapshot (format {FORMAT})")
-    entries = {
-        domain: Entry(item["body"].encode("ascii"), item["source"], bool(item["stale"]))
-        for domain, item in raw["tenants"].items()
-    }
-    return Snapshot(entries)
+    return raw
 
 
 def write_snapshot(path: Path, snapshot: Snapshot) -> None:
@@ -158,7 +261,13 @@ def write_snapshot(path: Path, snapshot: Snapshot) -> None:
             for domain, entry in snapshot.entries.items()
         },
     }
-    atomic_write(path, json.dumps(payload, indent=1, sort_keys=True).encode("ascii") + b"\n")
+    # No indent: only then does json use its C encoder (10x faster with
+    # 100,000 tenants); `jq .` shows it to a person.
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    atomic_write(path, text.encode("ascii") + b"\n")
+    global _last_read
+    ident = _identity(path)
+    _last_read = (path, ident, snapshot) if ident is not None else None
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -24,6 +24,7 @@ Readers that are not `apply` (the snapshot compiler in the gunicorn master,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -278,13 +279,19 @@ def fallback_policies(path: Path) -> dict[str, bytes]:
     policy or a newer one (RFC 8461 section 8). The snapshot compiler uses
     this only for domains that have no tenant file.
     """
-    served: dict[str, bytes] = {}
-    for domain, record in read_records(path).items():
-        if record.pending is not None:
-            served[domain] = record.pending.body
-        elif record.status in (ACTIVE, WITHDRAWING) and record.body is not None:
-            served[domain] = record.body
-    return served
+    # One lean query rather than read_records(): every compile (each reload,
+    # the server starting) asks, and with 100,000 tenants building a Record
+    # for each costs more than the rest of the compile.
+    with _read_only(path) as conn:
+        if conn is None:
+            return {}
+        rows = conn.execute(
+            "SELECT domain, CASE WHEN pending_kind IS NOT NULL THEN pending_body ELSE body END "
+            "FROM tenant WHERE pending_kind IS NOT NULL "
+            "OR (status IN (?, ?) AND body IS NOT NULL) ORDER BY domain",
+            (ACTIVE, WITHDRAWING),
+        ).fetchall()
+    return {str(domain): bytes(body) for domain, body in rows if body is not None}
 
 
 def history(path: Path, domain: str | None = None) -> list[HistoryEntry]:
@@ -310,11 +317,21 @@ _COLUMNS = (
 _RECORD_FIELDS = [name.strip() for name in _COLUMNS.split(",")][:11]
 
 
+# The first columns are Record's fields, in order (rows are turned into
+# Records positionally: `apply` reads 100,000 of them per run).
+assert [f.name for f in dataclasses.fields(Record)][:11] == _RECORD_FIELDS
+
+
 def _record(row: Any) -> Record:
     """A row of ``_COLUMNS`` (SQLite gives back the stored types) -> Record."""
     pending = Pending(*row[11:]) if row[11] is not None else None
-    committed = dict(zip(_RECORD_FIELDS, row[:11], strict=True))
-    return Record(**committed, pending=pending)
+    domain, status, policy_id, fp, body, max_age, longest, served, published, confirmed, started = (
+        row[:11]
+    )
+    return Record(
+        domain, status, policy_id, fp, body, max_age, longest, served, published, confirmed,
+        started, pending,
+    )  # fmt: skip
 
 
 def _records(conn: sqlite3.Connection) -> dict[str, Record]:
@@ -366,10 +383,15 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back by itself already (SQLITE_FULL
+                # when the disk is full): ROLLBACK's own error ("no
+                # transaction is active") must not hide the one that did it.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot write the apply state: {exc}") from exc
 

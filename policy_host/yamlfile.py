@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ try:  # libyaml is 5-6x faster; the pure-Python parser accepts the same input.
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+# Deeper than any config or tenant file needs (they use three levels).
+MAX_DEPTH = 16
 
 Scalar = str | int | float | bool | None | bytes | datetime.date | datetime.datetime
 
@@ -47,14 +51,62 @@ class _Refused(Exception):
 
 
 _constructor = yaml.constructor.SafeConstructor()
+_PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 def _scalar(node: yaml.ScalarNode) -> Scalar:
+    if node.tag == _STR_TAG:
+        text: str = node.value  # what SafeConstructor.construct_yaml_str returns
+        return text
     try:
         value = _constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
     except yaml.YAMLError as exc:
         raise _Refused(node.start_mark.line + 1, f"cannot read value: {exc}") from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML lets these out for values that look like a type but are not
+        # one: an integer of 5,000 digits, a date with month 13.
+        reason = str(exc).split(";")[0]
+        raise _Refused(node.start_mark.line + 1, f"cannot read value: {reason}") from None
+    finally:
+        # construct_object remembers every node it built (for aliases, which
+        # are refused anyway): forget it, or a process that reads 100,000
+        # files keeps every node of every one of them.
+        _constructor.constructed_objects.pop(node, None)
+        _constructor.recursive_objects.pop(node, None)
+    # A hex or binary literal may be any size; written out in decimal (in
+    # an error message) one of 4,300 digits or more raises ValueError.
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise _Refused(node.start_mark.line + 1, "cannot read value: number too large")
     return value  # type: ignore[no-any-return]
+
+
+def _check_depth(text: str) -> None:
+    """Refuse collections nested deeper than ``MAX_DEPTH``.
+
+    libyaml's composer recurses once per level in C: a file of 200,000
+    ``[`` overflows the stack and kills the process (the gunicorn master
+    on a reload). The event stream is flat, so look at it first.
+    """
+    # Every collection starts at one of these characters ('[', '{', or the
+    # indicators '-', ':' and '?'), so a text with no more of them than
+    # MAX_DEPTH cannot nest deeper. Most files pass here: the event pass
+    # below costs as much as parsing the file.
+    if sum(map(text.count, "[{-:?")) <= MAX_DEPTH:
+        return
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Refused(
+                    event.start_mark.line + 1,
+                    f"lists and mappings nested more than {MAX_DEPTH} deep",
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _walk(node: yaml.Node, line: int, seen: set[int]) -> Node:
@@ -65,6 +117,10 @@ def _walk(node: yaml.Node, line: int, seen: set[int]) -> Node:
     seen.add(id(node))
     if isinstance(node, yaml.ScalarNode):
         return Node(_scalar(node), line)
+    if node.tag not in _PLAIN_TAGS and not isinstance(node, yaml.ScalarNode):
+        # '!!python/object/apply:...', '!!set', '!!omap': never a list or
+        # mapping in disguise (scalars with such tags fail in _scalar).
+        raise _Refused(node.start_mark.line + 1, f"YAML tag {node.tag!r} is not allowed")
     if isinstance(node, yaml.SequenceNode):
         return Node([_walk(item, item.start_mark.line + 1, seen) for item in node.value], line)
     if isinstance(node, yaml.MappingNode):
@@ -87,8 +143,13 @@ def _walk(node: yaml.Node, line: int, seen: set[int]) -> Node:
 def read_limited(path: Path, max_bytes: int) -> bytes | Problem:
     """The file's bytes, or a problem if it cannot be read or is too large."""
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: a FIFO named like a tenant file would block open()
+        # forever; it opens at once and is refused below.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return Problem(str(path), 0, "not a regular file")
+            size = info.st_size
             if size > max_bytes:
                 return Problem(str(path), 0, f"file is {size} bytes; the limit is {max_bytes}")
             data = handle.read(max_bytes + 1)
@@ -114,21 +175,32 @@ def parse_mapping(path: Path, data: bytes) -> tuple[dict[str, Node] | None, list
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         return None, [Problem(where, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")]
-    tab_lines = [n for n, line in enumerate(text.split("\n"), 1) if "\t" in line]
+    tab_lines = (
+        [n for n, line in enumerate(text.split("\n"), 1) if "\t" in line] if "\t" in text else []
+    )
     if tab_lines:
         return None, [
             Problem(where, n, "tab character; indent and separate with spaces")
             for n in tab_lines[:10]
         ]
     try:
+        _check_depth(text)
         root = yaml.compose(text, Loader=_Loader)
+    except _Refused as exc:
+        return None, [Problem(where, exc.line, exc.message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
+        # At the end of the file libyaml points past the last line.
+        line = max(1, min(line, len(text.splitlines())))
         detail = exc.problem or exc.context or "syntax error"
         return None, [Problem(where, line, f"YAML syntax: {detail}")]
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
+        # libyaml counts the position in bytes of UTF-8, PyYAML in characters.
+        if _Loader.__name__.startswith("C"):
+            line = data.count(b"\n", 0, exc.position) + 1
+        else:  # pragma: no cover - depends on how PyYAML was built
+            line = text.count("\n", 0, exc.position) + 1
         return None, [
             Problem(where, line, f"YAML syntax: character {exc.character!r} is not allowed")
         ]

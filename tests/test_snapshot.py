@@ -9,7 +9,7 @@ from support.layout import GOLDEN
 
 from policy_host.config import ProviderConfig
 from policy_host.errors import PolicyHostError
-from policy_host.snapshot import compile_snapshot, read_snapshot
+from policy_host.snapshot import compile_snapshot, read_policies, read_snapshot
 
 
 def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
@@ -67,7 +67,9 @@ def test_removed_file_stops_being_served(config: ProviderConfig) -> None:
 def test_snapshot_write_leaves_no_temporary_files(config: ProviderConfig) -> None:
     compile_snapshot(config)
     compile_snapshot(config)
-    assert sorted(p.name for p in config.state_dir.iterdir()) == ["served.json"]
+    # (the parse cache is only written for files older than a few seconds)
+    assert sorted(p.name for p in config.state_dir.iterdir()) == ["served.json", "www"]
+    assert not list((config.www_dir / ".tmp").iterdir())
 
 
 def test_corrupt_snapshot_is_a_clear_error(tmp_path: Path) -> None:
@@ -99,9 +101,9 @@ def test_worker_retries_a_snapshot_it_could_not_read(
     def flaky_read(path: Path) -> object:
         for exc in failures:
             raise exc
-        return read_snapshot(path)
+        return read_policies(path)
 
-    monkeypatch.setattr(web, "read_snapshot", flaky_read)
+    monkeypatch.setattr(web, "read_policies", flaky_read)
     assert table.refresh() is False  # the read failed ...
     assert table.refresh() is True  # ... and the same file is tried again
     assert table.get("mta-sts.example.com") == (GOLDEN / "example.com.txt").read_bytes()

@@ -26,10 +26,15 @@ SNIPPET = "policy-host-tenant.conf"
 
 
 class NginxServer(Managed):
-    def __init__(self, workdir: Path, *, socket_path: Path, webroot: Path) -> None:
+    def __init__(
+        self, workdir: Path, *, socket_path: Path, webroot: Path, www: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.socket_path = socket_path
         self.webroot = webroot
+        # The policy files nginx serves by itself (the provider's
+        # <state_dir>/www); without them every request goes to the app.
+        self.www = www if www is not None else workdir / "www"
         self.conf_dir = workdir / "conf"
         self.log_dir = workdir / "log"
         self.tenants_dir = workdir / "tenants.d"
@@ -74,6 +79,7 @@ class NginxServer(Managed):
             "/var/www/policy-host-acme": str(self.webroot),
             "/etc/nginx/policy-host/": f"{self.tenants_dir}/",
             "/var/log/nginx/": f"{self.log_dir}/",
+            "/var/lib/policy-host/www": str(self.www),
         }
 
     def install(self) -> None:
@@ -88,7 +94,10 @@ class NginxServer(Managed):
             site = site.replace(old, new)
         (self.conf_dir / SITE).write_text(site)
         snippet = (SHIPPED_NGINX / SNIPPET).read_text()
-        snippet = snippet.replace("/var/log/nginx/", f"{self.log_dir}/")
+        for old in ("/var/log/nginx/", "/var/lib/policy-host/www"):
+            if old not in snippet:
+                raise AssertionError(f"{SHIPPED_NGINX / SNIPPET} no longer mentions {old}")
+            snippet = snippet.replace(old, self._replacements()[old])
         self.snippet.write_text(snippet)
         tmp = self.workdir / "tmp"
         user = "user root root;\n" if os.geteuid() == 0 else ""

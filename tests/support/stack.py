@@ -131,7 +131,10 @@ class MiniInternet(Managed):
         self.letsencrypt = self.root / "letsencrypt"
         self.resolv_conf = self.root / "resolv.conf"
         self.nginx = NginxServer(
-            self.root / "nginx", socket_path=self.socket_path, webroot=self.webroot
+            self.root / "nginx",
+            socket_path=self.socket_path,
+            webroot=self.webroot,
+            www=self.state_dir / "www",
         )
         self.knot: KnotServer | None = None
         self.unbound: UnboundResolver | None = None

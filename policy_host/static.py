@@ -1,0 +1,156 @@
+"""Each served policy as a file that nginx serves by itself.
+
+Any path that runs Python for every request reaches about a tenth of what
+nginx does serving a file (docs/performance.md), so nginx answers
+``GET``/``HEAD /.well-known/mta-sts.txt`` from ``<state_dir>/www/<host>``
+(``nginx/policy-host-tenant.conf``, and the loopback listener `apply`
+verifies through) and only passes a request to gunicorn when that file is
+missing. The app stays the source of truth: these files are written from
+the same snapshot the app serves, by the same compile
+(``snapshot.compile_snapshot``: the gunicorn master, `reload`, `apply`).
+
+Every file is replaced atomically (written under ``www/.tmp/``, then
+renamed), so a request gets the old bytes or the new ones, whole. nginx
+opens the file for every request (no ``open_file_cache``), so once the
+rename is done every nginx worker serves the new bytes: what `apply`
+verifies is what every sender gets (RFC 8461 section 8).
+
+Only what changed since the previous snapshot is written. Before the first
+change a marker (``www/.tmp/dirty``) is made durable; the compile removes it
+after the snapshot is written. If a run dies in between, the next one finds
+the marker and compares every file's bytes instead of trusting the previous
+snapshot; so does a run without a previous snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TMP = ".tmp"
+DIRTY = "dirty"
+# Up to this many files written, each is fsynced; beyond, one sync() at the
+# end is much cheaper than thousands of fsyncs.
+FSYNC_EACH_UP_TO = 64
+# Mode of the policy files: nginx's workers (www-data, a member of the
+# service's group) read them; policies are public anyway.
+FILE_MODE = 0o644
+
+
+@dataclass
+class SyncResult:
+    written: int = 0
+    removed: int = 0
+    full: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written or self.removed)
+
+
+def _is_policy_file(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def sync(
+    www: Path, wanted: Mapping[str, bytes], previous: Mapping[str, bytes] | None
+) -> SyncResult:
+    """Make ``www`` hold exactly one file per host in ``wanted``.
+
+    ``previous`` is what the previous snapshot served (by host); None, or a
+    dirty marker left by an interrupted run, means every file's bytes are
+    compared. Call ``done(www)`` once the snapshot that matches ``wanted``
+    is written.
+    """
+    tmp_dir = www / TMP
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    marker = tmp_dir / DIRTY
+    result = SyncResult(full=previous is None or marker.exists())
+    present = {name for name in os.listdir(www) if _is_policy_file(name)}
+    removed = sorted(present - wanted.keys())
+    if result.full:
+        writes = [host for host, body in wanted.items() if _read(www / host) != body]
+    else:
+        assert previous is not None
+        writes = [
+            host
+            for host, body in wanted.items()
+            if host not in present or previous.get(host) != body
+        ]
+    if not writes and not removed:
+        return result
+    _mark_dirty(marker, tmp_dir)
+    each = len(writes) <= FSYNC_EACH_UP_TO
+    for host in writes:
+        _write(www / host, wanted[host], tmp_dir, fsync=each)
+    for host in removed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(www / host)
+    if not each:
+        os.sync()
+    _fsync_dir(www)
+    result.written, result.removed = len(writes), len(removed)
+    log.info(
+        "%s: wrote %d policy files, removed %d%s",
+        www,
+        result.written,
+        result.removed,
+        " (compared every file)" if result.full else "",
+    )
+    return result
+
+
+def done(www: Path) -> None:
+    """The snapshot matching the files is written: drop the dirty marker."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(www / TMP / DIRTY)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _mark_dirty(marker: Path, tmp_dir: Path) -> None:
+    if marker.exists():
+        return
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(tmp_dir)
+
+
+def _write(path: Path, data: bytes, tmp_dir: Path, *, fsync: bool) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

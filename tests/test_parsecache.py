@@ -1,0 +1,190 @@
+"""The parse cache: unchanged tenant files are not read again, anything else
+is, and a cached run reports exactly what a fresh one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from policy_host import parsecache, tenants
+from policy_host.config import ProviderConfig, load_config
+from policy_host.tenants import LoadResult, load_tenants
+
+GOOD = "mode: enforce\nmx:\n  - mx1.{d}\nmax_age: 604800\n"
+# A warning (short max_age) and an error, so that problems are cached too.
+WARN = "mode: testing\nmx: [mx.{d}]\nmax_age: 3600\n"
+BROKEN = "mode: enforced\nmx: [mx.{d}]\nmax_age: 604800\n"
+PAST = time.time() - 3600  # older than the racy window
+
+
+def write(config: ProviderConfig, name: str, text: str, *, when: float = PAST) -> Path:
+    path = config.tenants_dir / f"{name}.yaml"
+    path.write_text(text.format(d=name))
+    os.utime(path, (when, when))
+    return path
+
+
+@pytest.fixture
+def site(empty_tree: Path, monkeypatch: pytest.MonkeyPatch) -> ProviderConfig:
+    # Files made by a test are only milliseconds old (ctime too, whatever
+    # their mtime): let them be cached at once.
+    monkeypatch.setattr(parsecache, "RACY_SECONDS", 0.0)
+    config = load_config(empty_tree / "config.yaml")
+    write(config, "a.example", GOOD)
+    write(config, "b.example", WARN)
+    write(config, "c.example", BROKEN)
+    return config
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the tenant files actually read."""
+    seen: list[str] = []
+    real: Callable[[Path, ProviderConfig], parsecache.Outcome] = tenants.load_file
+
+    def counting(path: Path, config: ProviderConfig) -> parsecache.Outcome:
+        seen.append(path.name)
+        return real(path, config)
+
+    monkeypatch.setattr(tenants, "load_file", counting)
+    return seen
+
+
+def saved(config: ProviderConfig) -> LoadResult:
+    """Load, then store what was read (as the snapshot compile does)."""
+    result = load_tenants(config, save_cache=True)
+    result.save_cache()
+    return result
+
+
+def same(a: LoadResult, b: LoadResult) -> None:
+    assert (a.tenants, a.bodies, a.sources, a.broken, a.files, a.complete) == (
+        b.tenants,
+        b.bodies,
+        b.sources,
+        b.broken,
+        b.files,
+        b.complete,
+    )
+    assert a.problems == b.problems
+
+
+def test_unchanged_files_are_not_read_again(site: ProviderConfig, reads: list[str]) -> None:
+    first = saved(site)
+    assert sorted(reads) == ["a.example.yaml", "b.example.yaml", "c.example.yaml"]
+    reads.clear()
+    second = load_tenants(site)
+    assert reads == []
+    same(first, second)
+    assert [str(p) for p in second.problems if not p.is_error]  # the warning, again
+    assert second.broken == {"c.example": str(site.tenants_dir / "c.example.yaml")}
+
+
+def test_a_changed_file_is_read_again_even_with_its_old_size_and_mtime(
+    site: ProviderConfig, reads: list[str]
+) -> None:
+    saved(site)
+    path = site.tenants_dir / "a.example.yaml"
+    before = path.stat()
+    # Same length, mtime put back (as `cp -p` or a careless tool would):
+    # only ctime shows the change.
+    path.write_text(path.read_text().replace("mx1.", "mx2."))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    reads.clear()
+    result = load_tenants(site)
+    assert reads == ["a.example.yaml"]
+    assert result.tenants["a.example"].policy.mx == ("mx2.a.example",)
+
+
+def test_files_written_just_now_are_not_cached(
+    site: ProviderConfig, reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parsecache, "RACY_SECONDS", 2.0)
+    write(site, "new.example", GOOD, when=time.time())
+    saved(site)
+    reads.clear()
+    load_tenants(site)
+    # Racily clean (ctime is now, whatever the mtime says): read again, all.
+    assert sorted(reads) == [
+        "a.example.yaml",
+        "b.example.yaml",
+        "c.example.yaml",
+        "new.example.yaml",
+    ]
+
+
+def test_removed_and_added_files(site: ProviderConfig, reads: list[str]) -> None:
+    saved(site)
+    (site.tenants_dir / "a.example.yaml").unlink()
+    write(site, "d.example", GOOD)
+    reads.clear()
+    result = saved(site)
+    assert reads == ["d.example.yaml"]
+    assert sorted(result.tenants) == ["b.example", "d.example"]
+    cached = json.loads(site.parse_cache_path.read_text())["files"]
+    assert sorted(cached) == ["b.example.yaml", "c.example.yaml", "d.example.yaml"]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 2}', "[]", ""])
+def test_a_damaged_cache_is_ignored(site: ProviderConfig, reads: list[str], content: str) -> None:
+    fresh = load_tenants(site, cache=False)
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    site.parse_cache_path.write_text(content)
+    reads.clear()
+    same(load_tenants(site), fresh)
+    assert len(reads) == 3
+
+
+def test_a_damaged_entry_is_read_again(site: ProviderConfig, reads: list[str]) -> None:
+    saved(site)
+    raw = json.loads(site.parse_cache_path.read_text())
+    raw["files"]["a.example.yaml"][1] = ["a.example", ["enforce"], [], None]
+    site.parse_cache_path.write_text(json.dumps(raw))
+    reads.clear()
+    result = load_tenants(site)
+    assert reads == ["a.example.yaml"]
+    assert "a.example" in result.tenants
+
+
+def test_a_cache_made_for_another_config_is_ignored(
+    site: ProviderConfig, reads: list[str], empty_tree: Path
+) -> None:
+    saved(site)
+    config_path = empty_tree / "config.yaml"
+    config_path.write_text(config_path.read_text().replace("_mta-sts.provider", "_sts.provider"))
+    other = load_config(config_path)
+    reads.clear()
+    load_tenants(other)
+    assert len(reads) == 3
+
+
+def test_without_tenants_the_result_has_bodies_and_sources(site: ProviderConfig) -> None:
+    full = saved(site)
+    lean = load_tenants(site, tenants=False)
+    assert lean.tenants == {}
+    assert (lean.bodies, lean.sources, lean.problems) == (full.bodies, full.sources, full.problems)
+
+
+def test_many_files_in_several_processes_give_the_same_result(
+    site: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(40):
+        write(site, f"t{n:02d}.example", (GOOD, WARN, BROKEN)[n % 3])
+    monkeypatch.setattr(tenants, "PARALLEL_MIN_FILES", 8)
+    same(load_tenants(site, jobs=2, cache=False), load_tenants(site, jobs=1, cache=False))
+
+
+def test_an_unwritable_cache_is_only_slower(
+    site: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(path: Path, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(parsecache, "_replace", refuse)
+    same(saved(site), load_tenants(site, cache=False))
