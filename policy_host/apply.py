@@ -571,15 +571,11 @@ def run(config: ProviderConfig, env: Environment, *, dry_run: bool = False) -> R
     tenants it stopped for); only a held lock or an unusable state raise."""
     report = Report(dry_run=dry_run)
     try:
-        # A run builds a few objects per tenant (100,000 of them at scale)
-        # and no cycles worth collecting: collections would only walk them
-        # again and again (a third of the run's time).
-        with gc_paused():
-            if dry_run:
-                _dry_run(config, env, report)
-            else:
-                with apply_lock(config.state_dir):
-                    _run(config, env, report)
+        if dry_run:
+            _dry_run(config, env, report)
+        else:
+            with apply_lock(config.state_dir):
+                _run(config, env, report)
     except ApplyError as exc:
         report.failure = exc
         log.info("%s", exc)  # the caller reports it
@@ -678,9 +674,13 @@ def _execute(
     config: ProviderConfig, env: Environment, report: Report, result: LoadResult, store: Store
 ) -> None:
     now = env.clock()
-    plan = make_plan(
-        result, store.records(), now, withdrawal_max_age=config.apply.withdrawal_max_age
-    )
+    # A few objects per tenant (100,000 at scale) and no cycles: without a
+    # pause the cyclic GC walks them again and again (a second at scale).
+    # Only here: the DNS steps need it (their sockets are closed by it).
+    with gc_paused():
+        plan = make_plan(
+            result, store.records(), now, withdrawal_max_age=config.apply.withdrawal_max_age
+        )
     report.plan = plan
     changes = list(plan.changes)
     domains = [c.domain for c in changes]
@@ -706,7 +706,8 @@ def _execute(
     # Serve first (RFC 8461 section 8). The server compiles the same
     # snapshot from the tenant files and the state just recorded.
     current = read_snapshot(config.snapshot_path)
-    expected = _expected_snapshot(result, current, fallback_policies(config.state_db))
+    with gc_paused():
+        expected = _expected_snapshot(result, current, fallback_policies(config.state_db))
     want: dict[str, bytes | None] = dict(_out_of_date(current, expected))
     want.update(serves)
     if want:

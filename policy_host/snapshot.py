@@ -110,7 +110,12 @@ def compile_snapshot(
     ``load_tenants(tenants=False)``) and the domains served from their last
     good policy.
     """
-    with gc_paused():
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(static.locked(config.www_dir))
+        except OSError as exc:  # TimeoutError too
+            raise PolicyHostError(f"{config.www_dir}: cannot compile: {exc}") from exc
+        stack.enter_context(gc_paused())
         return _compile(config, jobs, loaded)
 
 
@@ -220,10 +225,16 @@ def read_policies(path: Path) -> dict[str, bytes] | None:
     if raw is None:
         return None
     try:
+        tenants = raw.pop("tenants")
+        del raw
+        policies: dict[str, bytes] = {}
         with gc_paused():
-            return {
-                "mta-sts." + domain: body.encode("ascii") for domain, body in raw["tenants"].items()
-            }
+            # popitem: each parsed text is freed as soon as its bytes exist,
+            # so the peak is one table and a half, not two.
+            while tenants:
+                domain, body = tenants.popitem()
+                policies["mta-sts." + domain] = body.encode("ascii")
+        return policies
     except (KeyError, TypeError, AttributeError, UnicodeError) as exc:
         raise PolicyHostError(f"{path}: not a policy-host snapshot: {exc!r}") from exc
 
@@ -236,7 +247,9 @@ def _load(
     path: Path, object_hook: Callable[[dict[str, Any]], Any] | None = None
 ) -> dict[str, Any] | None:
     try:
-        with open(path, "rb") as handle, gc_paused():
+        # Text, not bytes: json.loads would decode a bytes copy of its own,
+        # and with 100,000 tenants each copy is 30 MB more at the peak.
+        with open(path, encoding="ascii") as handle, gc_paused():
             raw = json.loads(handle.read(), object_hook=object_hook)
     except FileNotFoundError:
         return None

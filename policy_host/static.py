@@ -25,10 +25,12 @@ snapshot; so does a run without a previous snapshot.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 TMP = ".tmp"
 DIRTY = "dirty"
+LOCK = "lock"
+# Seconds a compile waits for another one to finish (they take seconds).
+LOCK_WAIT = 120.0
 # Up to this many files written, each is fsynced; beyond, one sync() at the
 # end is much cheaper than thousands of fsyncs.
 FSYNC_EACH_UP_TO = 64
@@ -105,6 +110,30 @@ def sync(
         " (compared every file)" if result.full else "",
     )
     return result
+
+
+@contextlib.contextmanager
+def locked(www: Path, wait: float | None = None) -> Iterator[None]:
+    """Hold ``www/.tmp/lock`` for a whole compile. Two at once (the
+    server's own at start, an operator's `reload`, `apply`) would interleave
+    their files, each writing what it read; the second waits its turn, for
+    ``LOCK_WAIT`` seconds at most."""
+    tmp_dir = www / TMP
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tmp_dir / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{tmp_dir / LOCK}: another compile holds it") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def done(www: Path) -> None:

@@ -110,3 +110,13 @@ def test_an_unwritable_folder_stops_the_compile(
         compile_snapshot(config)
     # The snapshot (what the workers serve) did not move ahead of the files.
     assert config.snapshot_path.read_bytes() == snapshot_before
+
+
+def test_a_second_compile_waits_for_the_first(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compile_snapshot(config)
+    monkeypatch.setattr(static, "LOCK_WAIT", 0.2)
+    with static.locked(config.www_dir), pytest.raises(PolicyHostError, match="another compile"):
+        compile_snapshot(config)
+    compile_snapshot(config)  # free again
