@@ -112,6 +112,13 @@ def register(
         metavar="N",
         help="DNS queries in flight at most (default: check.concurrency)",
     )
+    p.add_argument(
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="processes sharing the tenants (default: one per core; runs of fewer than "
+        "200 tenants use one)",
+    )
     p.add_argument("--https", action="store_true", help="also fetch each policy over HTTPS")
     p.add_argument("--ca-file", type=Path, metavar="PATH", help="trust only this CA for --https")
     p.add_argument(
@@ -158,7 +165,7 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     from . import dnscheck, dnsclient
     from .httpsfetch import HttpsFetcher
     from .state import published_ids
-    from .tenants import load_tenants
+    from .tenants import default_jobs, load_tenants
 
     if (args.connect or args.ca_file) and not args.https:
         return _usage("--connect and --ca-file only make sense with --https")
@@ -192,6 +199,7 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
 
     timeout = args.timeout or config.dns.timeout
     concurrency = args.concurrency or config.check.concurrency
+    jobs = args.jobs or default_jobs()
     client = dnsclient.DnsClient(servers, timeout=timeout, concurrency=concurrency)
     fetcher = (
         HttpsFetcher(ca_file=args.ca_file, connect=connect, timeout=timeout) if args.https else None
@@ -202,7 +210,9 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     progress = Progress(sys.stderr, len(tenants))
     started = time.monotonic()
     try:
-        reports = dnscheck.run_checks(ctx, tenants, workers=concurrency, progress=progress)
+        reports = dnscheck.run_checks(
+            ctx, tenants, workers=concurrency, progress=progress, processes=jobs
+        )
     finally:
         progress.finish()
         if fetcher is not None:

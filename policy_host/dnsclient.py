@@ -10,15 +10,23 @@ raises for anything the network or the resolver does, and it caches nothing:
 every lookup is a fresh query, so a monitoring run sees DNS as it is now.
 
 The number of queries in flight is bounded by a semaphore (``concurrency``).
+
+Queries share a few UDP sockets per resolver (``UdpChannel``) instead of
+opening one per query: a socket and its asyncio endpoint cost more than the
+query itself. An answer is matched to its query by message ID and question,
+as ``dns.query`` does; each socket is replaced after ``CHANNEL_QUERIES``
+queries, and every socket is closed as soon as no query is in flight, so
+the source ports keep changing and nothing is left open between runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import dns.asyncquery
 import dns.exception
@@ -51,6 +59,19 @@ ERROR = "error"
 ANSWERED = frozenset({OK, NODATA, NXDOMAIN})
 
 Server = tuple[str, int]
+
+# Sockets per resolver, and queries each one carries before it is replaced.
+CHANNELS = 8
+CHANNEL_QUERIES = 256
+# The EDNS OPT record every query carries: root name, type OPT, our payload
+# size as its class, no extended flags, no options (RFC 6891 section 6.1.2).
+_OPT = b"\x00\x00\x29" + EDNS_PAYLOAD.to_bytes(2, "big") + b"\x00" * 6
+# Header after the ID: RD set; one question, no answer or authority, one OPT.
+_HEADER_REST = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01"
+# Answers that may come without the question (dnspython's is_response).
+_BARE_RCODES = frozenset(
+    {dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED}
+)
 
 
 def text_of(name: dns.name.Name) -> str:
@@ -122,7 +143,9 @@ def interpret(
     while True:
         found = _rrset(response, current, wanted)
         if found is not None:
-            records = tuple(found)
+            # An RRset has no order, and resolvers rotate it: sorted, the
+            # same records always read the same.
+            records = tuple(sorted(found, key=str)) if len(found) > 1 else tuple(found)
             break
         cname = _rrset(response, current, dns.rdatatype.CNAME)
         if cname is None or wanted == dns.rdatatype.CNAME:
@@ -161,6 +184,115 @@ def _rrset(
     return None
 
 
+def question_wire(name: dns.name.Name, rdtype: str) -> bytes:
+    """The question section for ``name``/``rdtype``, class IN, lower case."""
+    code = dns.rdatatype.from_text(rdtype)
+    wire = name.to_wire()
+    assert wire is not None  # None only when writing to a file
+    return wire.lower() + code.to_bytes(2, "big") + b"\x00\x01"
+
+
+def query_wire(qid: int, question: bytes) -> bytes:
+    """A recursive query with EDNS (payload ``EDNS_PAYLOAD``), as bytes."""
+    return qid.to_bytes(2, "big") + _HEADER_REST + question + _OPT
+
+
+def matches(data: bytes, question: bytes) -> bool:
+    """Is ``data`` an answer to the query with ``question`` (ID already matched)?
+
+    It must be a response (QR) to a standard query, carry the same question
+    (names compared without regard to case), or, for the errors a server
+    may send without one, no question at all.
+    """
+    if len(data) < 12 or not data[2] & 0x80 or data[2] & 0x78:
+        return False
+    count = int.from_bytes(data[4:6], "big")
+    if count == 0:
+        return data[3] & 0x0F in _BARE_RCODES
+    return count == 1 and data[12 : 12 + len(question)].lower() == question
+
+
+class UdpChannel(asyncio.DatagramProtocol):
+    """One connected UDP socket to one resolver with many queries in flight."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
+        self.used = 0
+        self.retired = False
+        self._opening: asyncio.Task[object] | None = None
+
+    async def open(self, server: Server) -> None:
+        """Make the socket; queries that pick this channel meanwhile wait for it."""
+        loop = asyncio.get_running_loop()
+        self._opening = loop.create_task(
+            loop.create_datagram_endpoint(lambda: self, remote_addr=server)
+        )
+        await self._opening
+
+    async def opened(self) -> None:
+        if self._opening is not None:
+            await self._opening
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Python 3.11's selector transport is not a DatagramTransport subclass.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if len(data) < 12:
+            return
+        entry = self.pending.get(int.from_bytes(data[:2], "big"))
+        if entry is None or not matches(data, entry[0]):
+            return  # late, unexpected or forged: the query keeps waiting
+        future = entry[1]
+        if not future.done():
+            future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # A connected socket reports ICMP errors (port unreachable) without
+        # saying which query caused them: they concern this resolver, so
+        # every query waiting on it fails.
+        self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("socket closed"))
+
+    def _fail(self, exc: Exception) -> None:
+        for _question, future in self.pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def ask(self, question: bytes, timeout: float) -> bytes:
+        """Send one query; its answer's bytes, or ``TimeoutError``."""
+        assert self.transport is not None
+        qid = secrets.randbits(16)
+        while qid in self.pending:
+            qid = secrets.randbits(16)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        self.pending[qid] = (question, future)
+        self.used += 1
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            self.transport.sendto(query_wire(qid, question))
+            return await future
+        finally:
+            timer.cancel()
+            del self.pending[qid]
+            if self.retired and not self.pending:
+                self.transport.close()
+
+    def close(self) -> None:
+        self.retired = True
+        if not self.pending and self.transport is not None:
+            self.transport.close()
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 @dataclass
 class DnsClient:
     """Queries to recursive resolvers, at most ``concurrency`` in flight.
@@ -174,6 +306,9 @@ class DnsClient:
     concurrency: int = 100
     queries: int = field(default=0, init=False)
     _semaphore: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _channels: dict[Server, list[UdpChannel]] = field(default_factory=dict, init=False, repr=False)
+    _turn: int = field(default=0, init=False, repr=False)
+    _in_flight: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -187,37 +322,88 @@ class DnsClient:
             self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._semaphore
 
+    def take_share(self, parts: int) -> None:
+        """In one of ``parts`` processes sharing a run: keep its part of the
+        queries in flight, so that all of them together stay within
+        ``concurrency``."""
+        self.concurrency = max(1, self.concurrency // parts)
+        self._semaphore = None
+        self._channels = {}
+        self._in_flight = 0
+
     async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+        try:
+            qname = dns.name.from_text(name)
+            question = question_wire(qname, rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return DnsAnswer(name, rdtype, ERROR, detail=f"cannot ask for {name}: {_reason(exc)}")
         attempts = [server for _ in range(2) for server in self.servers]
         per_try = self.timeout / len(attempts)
         last = DnsAnswer(name, rdtype, TIMEOUT, detail=f"no answer within {self.timeout:g} s")
         async with self.semaphore:
-            for address, port in attempts:
-                self.queries += 1
-                answer = await self._ask(query, name, rdtype, address, port, per_try)
-                if answer.status in ANSWERED or answer.status in (LOOP, TRUNCATED):
-                    return answer
-                if answer.status != TIMEOUT:
-                    last = answer
+            self._in_flight += 1
+            try:
+                for server in attempts:
+                    self.queries += 1
+                    answer = await self._ask(qname, question, name, rdtype, server, per_try)
+                    if answer.status in ANSWERED or answer.status in (LOOP, TRUNCATED):
+                        return answer
+                    if answer.status != TIMEOUT:
+                        last = answer
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self.close()
         return last
+
+    def close(self) -> None:
+        """Close every socket (those with queries in flight once they end)."""
+        for channels in self._channels.values():
+            for channel in channels:
+                channel.close()
+        self._channels.clear()
+
+    async def _channel(self, server: Server) -> UdpChannel:
+        """The next of the server's sockets in turn, opened on first use."""
+        channels = self._channels.setdefault(server, [])
+        self._turn = (self._turn + 1) % CHANNELS
+        if self._turn < len(channels):
+            channel = channels[self._turn]
+            if channel.used < CHANNEL_QUERIES:
+                await channel.opened()
+                return channel
+            channel.close()
+            channels[self._turn] = channel = UdpChannel()
+        else:
+            channels.append(channel := UdpChannel())
+        try:
+            await channel.open(server)
+        except OSError:
+            if channel in channels:
+                channels.remove(channel)
+            raise
+        return channel
 
     async def _ask(
         self,
-        query: dns.message.Message,
+        qname: dns.name.Name,
+        question: bytes,
         name: str,
         rdtype: str,
-        address: str,
-        port: int,
+        server: Server,
         timeout: float,
     ) -> DnsAnswer:
+        address, port = server
         try:
-            response = await dns.asyncquery.udp(query, address, timeout=timeout, port=port)
-        except dns.exception.Timeout:
+            channel = await self._channel(server)
+            wire = await channel.ask(question, timeout)
+            response = dns.message.from_wire(wire)
+        except TimeoutError:
             return DnsAnswer(name, rdtype, TIMEOUT, detail=f"no answer within {self.timeout:g} s")
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             return DnsAnswer(name, rdtype, ERROR, detail=f"{address}:{port}: {_reason(exc)}")
         if response.flags & dns.flags.TC:
+            query = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
             try:
                 response = await dns.asyncquery.tcp(query, address, timeout=timeout, port=port)
             except (dns.exception.DNSException, OSError, ValueError) as exc:
@@ -232,7 +418,7 @@ class DnsClient:
                 return DnsAnswer(
                     name, rdtype, TRUNCATED, detail="the answer was truncated even over TCP"
                 )
-        return interpret(name, rdtype, response, query.question[0].name)
+        return interpret(name, rdtype, response, qname)
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,14 +12,16 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.dnsservers import UnboundResolver, Zone, start_dns
 from support.fixtures_dns import require_dns_binaries
 
+from policy_host import dnscheck
 from policy_host.config import ProviderConfig, load_config
-from policy_host.dnscheck import CheckContext, TenantReport, check_all
-from policy_host.dnsclient import DnsClient
+from policy_host.dnscheck import CheckContext, TenantReport, check_all, run_checks
+from policy_host.dnsclient import DnsAnswer, DnsClient
 from policy_host.model import Policy, Tenant
 
 PROVIDER = "provider.example"
@@ -436,6 +438,51 @@ def test_each_zone_gives_its_reason(case: Case, reports: dict[str, TenantReport]
     found = tuple((r.code, r.label) for r in report.reasons)
     assert found == case.expect, [r.message for r in report.reasons]
     assert report.status == case.status
+
+
+def test_checks_shared_over_processes_give_the_same_reports(
+    world: UnboundResolver,
+    config: ProviderConfig,
+    reports: dict[str, TenantReport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forked: list[int] = []
+    real = dnscheck._run_forked
+
+    def spy(*args: Any) -> list[TenantReport]:
+        forked.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(dnscheck, "PARALLEL_MIN_TENANTS", 1)
+    monkeypatch.setattr(dnscheck, "_run_forked", spy)
+    client = DnsClient([(world.address, world.port)], timeout=3.0, concurrency=16)
+    expected = {c.domain: c.published for c in CASES if c.published is not None}
+    ctx = CheckContext(config=config, lookup=client, expected_ids=expected)
+    progress: list[tuple[int, int]] = []
+    shared = run_checks(
+        ctx,
+        [c.tenant() for c in CASES],
+        workers=16,
+        processes=3,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert forked == [3], "the run was not shared over processes"
+    assert [r.as_dict() for r in shared] == [reports[c.domain].as_dict() for c in CASES]
+    assert client.queries >= 5 * len(CASES)  # the children's queries are counted
+    assert progress[-1] == (len(CASES), len(CASES))
+
+
+def test_a_check_process_that_fails_is_an_error_not_missing_reports(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:
+        async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
+            raise RuntimeError("a bug in a lookup")
+
+    monkeypatch.setattr(dnscheck, "PARALLEL_MIN_TENANTS", 1)
+    ctx = CheckContext(config=config, lookup=Broken(), expected_ids={})
+    with pytest.raises(RuntimeError, match="a bug in a lookup"):
+        run_checks(ctx, [c.tenant() for c in CASES[:4]], workers=4, processes=2)
 
 
 def test_every_tenant_gets_a_report_in_order(reports: dict[str, TenantReport]) -> None:

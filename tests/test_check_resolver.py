@@ -8,6 +8,8 @@ misbehave on request); the answers they send are built with dnspython.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.name
+import dns.opcode
 import dns.rcode
 import dns.rrset
 import pytest
@@ -24,6 +28,8 @@ from support.fixtures_dns import require_dns_binaries
 from policy_host.config import ProviderConfig, load_config
 from policy_host.dnscheck import CheckContext, TenantReport, check_all
 from policy_host.dnsclient import (
+    CHANNELS,
+    EDNS_PAYLOAD,
     LOOP,
     NODATA,
     NXDOMAIN,
@@ -32,10 +38,13 @@ from policy_host.dnsclient import (
     TIMEOUT,
     DnsClient,
     interpret,
+    matches,
+    query_wire,
+    question_wire,
 )
 from policy_host.model import Policy, Tenant
 
-Responder = Callable[[dns.message.Message], dns.message.Message | None]
+Responder = Callable[[dns.message.Message], dns.message.Message | list[dns.message.Message] | None]
 
 CONFIG = """\
 tenants_dir: tenants
@@ -61,6 +70,7 @@ class FakeResolver:
         self.sock.settimeout(0.1)
         self.port: int = self.sock.getsockname()[1]
         self.queries = 0
+        self.peers: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -73,9 +83,12 @@ class FakeResolver:
             except OSError:
                 return
             self.queries += 1
+            self.peers.add(peer)
             answer = self.respond(dns.message.from_wire(data))
-            if answer is not None:
-                self.sock.sendto(answer.to_wire(), peer)
+            if answer is None:
+                continue
+            for message in answer if isinstance(answer, list) else [answer]:
+                self.sock.sendto(message.to_wire(), peer)
 
     def __enter__(self) -> FakeResolver:
         self._thread.start()
@@ -253,3 +266,97 @@ def test_other_resolver_errors_are_reasons(
     with FakeResolver(refuse) as server:
         (report,) = check(config, server.port, tenant())
     assert {r.code for r in report.reasons} == {code}
+
+
+def answering(query: dns.message.Message) -> dns.message.Message:
+    reply = dns.message.make_response(query)
+    name = query.question[0].name
+    reply.answer.append(dns.rrset.from_text(name, 0, "IN", "A", "192.0.2.1"))
+    return reply
+
+
+def test_a_forged_or_stray_answer_is_ignored_and_the_real_one_taken() -> None:
+    def forged_first(query: dns.message.Message) -> list[dns.message.Message]:
+        wrong_id = answering(query)
+        wrong_id.id = (query.id + 1) % 65536
+        wrong_question = answering(dns.message.make_query("evil.example", "A"))
+        wrong_question.id = query.id
+        not_a_response = dns.message.make_query(query.question[0].name, "A")
+        not_a_response.id = query.id
+        real = answering(query)
+        real.answer[0] = dns.rrset.from_text(query.question[0].name, 0, "IN", "A", "192.0.2.7")
+        return [wrong_id, wrong_question, not_a_response, real]
+
+    with FakeResolver(forged_first) as server:
+        client = DnsClient([("127.0.0.1", server.port)], timeout=2.0)
+        answer = asyncio.run(client.lookup("Mixed.Case.example", "A"))
+    assert answer.status == OK
+    assert [r.to_text() for r in answer.records] == ["192.0.2.7"]
+
+
+def open_sockets() -> int:
+    """Sockets this process has open (Linux)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def test_many_lookups_share_a_few_sockets_and_close_them() -> None:
+    lookups = 600
+    with FakeResolver(answering) as server:
+        before = open_sockets()
+        client = DnsClient([("127.0.0.1", server.port)], timeout=5.0, concurrency=100)
+
+        async def many() -> list[str]:
+            names = [f"host{n}.example" for n in range(lookups)]
+            answers = await asyncio.gather(*(client.lookup(n, "A") for n in names))
+            return [a.status for a in answers]
+
+        statuses = asyncio.run(many())
+        after = open_sockets()
+    assert statuses == [OK] * lookups
+    assert server.queries == lookups
+    # A socket carries up to 256 queries before another takes its place.
+    assert CHANNELS <= len(server.peers) <= CHANNELS + lookups // 256 + CHANNELS
+    assert after == before
+
+
+def test_queries_are_what_dnspython_would_send() -> None:
+    for name, rdtype in [("_mta-sts.Example.COM", "TXT"), ("a.b.example", "CAA")]:
+        made = dns.message.make_query(name.lower(), rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+        made.id = 4660
+        wire = query_wire(4660, question_wire(dns.name.from_text(name), rdtype))
+        assert wire == made.to_wire()
+
+
+def test_which_datagrams_count_as_the_answer() -> None:
+    question = question_wire(dns.name.from_text("a.example"), "A")
+    query = dns.message.make_query("a.example", "A")
+
+    def wire(
+        rcode: dns.rcode.Rcode = dns.rcode.NOERROR,
+        *,
+        qr: bool = True,
+        opcode: dns.opcode.Opcode = dns.opcode.QUERY,
+        bare: bool = False,
+    ) -> bytes:
+        reply = dns.message.make_response(query)
+        reply.set_rcode(rcode)
+        if not qr:
+            reply.flags &= ~dns.flags.QR
+        reply.set_opcode(opcode)
+        if bare:
+            reply.question = []
+        return reply.to_wire()
+
+    assert matches(wire(), question)
+    assert matches(wire().replace(b"example", b"EXAMPLE"), question)
+    assert not matches(wire(qr=False), question)
+    assert not matches(wire(opcode=dns.opcode.NOTIFY), question)
+    assert matches(wire(dns.rcode.SERVFAIL, bare=True), question)
+    assert not matches(wire(bare=True), question)
+    other = question_wire(dns.name.from_text("b.example"), "A")
+    assert not matches(wire(), other)
+    assert not matches(wire()[:11], question)

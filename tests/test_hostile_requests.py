@@ -543,6 +543,45 @@ def test_one_client_flooding_gets_429_and_others_are_still_served(front: Front) 
     assert (other.status, other.body) == (200, POLICIES["mta-sts.beta.example"])
 
 
+def test_unknown_hosts_on_a_hosted_name_wait_their_turn_and_tenants_do_not(
+    front: Front,
+) -> None:
+    """Requests whose Host names no hosted server (on a TLS connection made
+    for one that is) share one bucket in nginx, whoever sends them: a burst
+    of them is answered 404 at the bucket's pace (or 429 beyond its queue),
+    while a hosted name is answered at once meanwhile."""
+    count = 120
+    unknown = request_bytes(PATH, "mta-sts.nobody.example")
+    started = time.monotonic()
+    answers: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        reply = front.https("mta-sts.alpha.example", unknown, source=SOURCES.next(), timeout=15)
+        with lock:
+            answers.append((reply.status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=ask, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # most of them are now waiting in nginx
+    before = time.monotonic()
+    known = front.https(
+        "mta-sts.beta.example", request_bytes(PATH, "mta-sts.beta.example"), source=SOURCES.next()
+    )
+    known_took = time.monotonic() - before
+    for thread in threads:
+        thread.join(timeout=20)
+    assert (known.status, known.body) == (200, POLICIES["mta-sts.beta.example"])
+    assert len(answers) == count
+    statuses = {status for status, _ in answers}
+    assert statuses <= {404, 429}, statuses
+    # 50 a second: the burst cannot all be answered within a second; the
+    # tenant's request did not wait behind it.
+    assert max(took for status, took in answers if status == 404) > 1.0
+    assert known_took < 1.0, known_took
+
+
 def _slow_connections(front: Front, count: int) -> list[socket.socket]:
     """``count`` clients that stall: a third never start TLS, a third
     finish TLS and send nothing, a third send half a request."""
