@@ -35,9 +35,12 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.resolver
+
+from . import dnswire
 
 log = logging.getLogger(__name__)
 
@@ -118,47 +121,57 @@ class Lookup(Protocol):
 def interpret(
     name: str,
     rdtype: str,
-    response: dns.message.Message,
+    response: bytes | dns.message.Message,
     qname: dns.name.Name | None = None,
 ) -> DnsAnswer:
-    """Turn a recursive resolver's response into a ``DnsAnswer``.
+    """Turn a recursive resolver's response (its bytes) into a ``DnsAnswer``.
 
     Follows the CNAME chain in the answer section from ``name`` (a resolver
     puts the whole chain there), so an NXDOMAIN whose answer section holds a
-    CNAME says "the CNAME exists, its target does not".
+    CNAME says "the CNAME exists, its target does not". Only the records
+    used are built (``dnswire``).
     """
-    rcode = response.rcode()
+    wire = response.to_wire() if isinstance(response, dns.message.Message) else response
+    try:
+        return _interpret(name, rdtype, wire, qname)
+    except (dnswire.WireError, dns.exception.DNSException, ValueError) as exc:
+        detail = f"the resolver's answer could not be read ({_reason(exc)})"
+        return DnsAnswer(name, rdtype, ERROR, detail=detail)
+
+
+def _interpret(name: str, rdtype: str, wire: bytes, qname: dns.name.Name | None) -> DnsAnswer:
+    reading = dnswire.read_response(wire)
+    rcode = reading.rcode
     if rcode == dns.rcode.SERVFAIL:
         return DnsAnswer(name, rdtype, SERVFAIL, detail="the resolver answered SERVFAIL")
     if rcode == dns.rcode.REFUSED:
         return DnsAnswer(name, rdtype, REFUSED, detail="the resolver refused the query")
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-        text = dns.rcode.to_text(rcode)
+        text = dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
         return DnsAnswer(name, rdtype, ERROR, detail=f"the resolver answered {text}")
     wanted = dns.rdatatype.from_text(rdtype)
-    current = qname if qname is not None else dns.name.from_text(name)
+    current = dnswire.name_key(qname if qname is not None else dns.name.from_text(name))
     seen = {current}
     chain: list[str] = []
     records: tuple[dns.rdata.Rdata, ...] = ()
     while True:
-        found = _rrset(response, current, wanted)
-        if found is not None:
-            # An RRset has no order, and resolvers rotate it: sorted, the
-            # same records always read the same.
-            records = tuple(sorted(found, key=str)) if len(found) > 1 else tuple(found)
+        found = _build(wire, reading, current, wanted)
+        if found:
+            records = found
             break
-        cname = _rrset(response, current, dns.rdatatype.CNAME)
-        if cname is None or wanted == dns.rdatatype.CNAME:
+        if wanted == dns.rdatatype.CNAME:
             break
-        target = cname_target(cname[0])
+        cnames = _build(wire, reading, current, dns.rdatatype.CNAME)
+        target = cname_target(cnames[0]) if cnames else None
         if target is None:
             break
         chain.append(text_of(target))
-        if target in seen or len(chain) > MAX_CHAIN:
+        key = dnswire.name_key(target)
+        if key in seen or len(chain) > MAX_CHAIN:
             shown = " -> ".join([name, *chain])
             return DnsAnswer(name, rdtype, LOOP, tuple(chain), detail=f"CNAME loop: {shown}")
-        seen.add(target)
-        current = target
+        seen.add(key)
+        current = key
     if records:
         status = OK
     elif rcode == dns.rcode.NXDOMAIN:
@@ -168,19 +181,32 @@ def interpret(
     return DnsAnswer(name, rdtype, status, tuple(chain), records)
 
 
+def _build(
+    wire: bytes, reading: dnswire.Response, owner: bytes, rdtype: dns.rdatatype.RdataType
+) -> tuple[dns.rdata.Rdata, ...]:
+    """The answer records of class IN at ``owner`` of ``rdtype``, built.
+
+    An RRset has no order, and resolvers rotate it: sorted (and without
+    repeats), the same records always read the same.
+    """
+    built = [
+        dns.rdata.from_wire(dns.rdataclass.IN, rdtype, wire, r.start, r.length)
+        for r in reading.answer
+        if r.owner == owner and r.rdtype == rdtype and r.rdclass == dnswire.CLASS_IN
+    ]
+    if rdtype == dns.rdatatype.CNAME:
+        # One CNAME per name (RFC 2181 section 10.1); of several, the last
+        # counts, as in dnspython.
+        return tuple(built[-1:])
+    if len(built) < 2:
+        return tuple(built)
+    return tuple(sorted({str(r): r for r in built}.values(), key=str))
+
+
 def cname_target(rdata: dns.rdata.Rdata) -> dns.name.Name | None:
     if isinstance(rdata, dns.rdtypes.ANY.CNAME.CNAME):
         target: dns.name.Name = rdata.target
         return target
-    return None
-
-
-def _rrset(
-    response: dns.message.Message, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
-) -> list[dns.rdata.Rdata] | None:
-    for rrset in response.answer:
-        if rrset.name == name and rrset.rdtype == rdtype and len(rrset) > 0:
-            return list(rrset)
     return None
 
 
@@ -397,12 +423,11 @@ class DnsClient:
         try:
             channel = await self._channel(server)
             wire = await channel.ask(question, timeout)
-            response = dns.message.from_wire(wire)
         except TimeoutError:
             return DnsAnswer(name, rdtype, TIMEOUT, detail=f"no answer within {self.timeout:g} s")
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             return DnsAnswer(name, rdtype, ERROR, detail=f"{address}:{port}: {_reason(exc)}")
-        if response.flags & dns.flags.TC:
+        if wire[2] & 0x02:  # TC: truncated
             query = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
             try:
                 response = await dns.asyncquery.tcp(query, address, timeout=timeout, port=port)
@@ -418,7 +443,8 @@ class DnsClient:
                 return DnsAnswer(
                     name, rdtype, TRUNCATED, detail="the answer was truncated even over TCP"
                 )
-        return interpret(name, rdtype, response, qname)
+            return interpret(name, rdtype, response, qname)
+        return interpret(name, rdtype, wire, qname)
 
 
 def _reason(exc: BaseException) -> str:
