@@ -69,10 +69,14 @@ def certified(world: MiniInternet) -> tuple[MiniInternet, Path, str]:
     assert done.returncode == 0, output
     assert world.pebble is not None
     root = world.pebble.issuing_root()
-    # `nginx -s reload` returns before the new workers answer.
+    # `nginx -s reload` returns before the new workers answer, and for a
+    # moment old workers (without the new names) still accept too: wait
+    # until several handshakes in a row find every name.
     wait_until(
         lambda: not any(
-            handshake_refused(world, f"mta-sts.{c.domain}", root) for c in (ALPHA, BETA)
+            handshake_refused(world, f"mta-sts.{c.domain}", root)
+            for _ in range(5)
+            for c in (ALPHA, BETA)
         ),
         10,
         what="nginx to reload",
