@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import dns.exception  # noqa: E402
 import dns.resolver  # noqa: E402
+from benchlib import cpu_ticks, say  # noqa: E402
 from support.dnsservers import KnotServer, UnboundResolver, Zone  # noqa: E402
 from support.procs import LOOPBACK, Daemon, free_port, port_open  # noqa: E402
 
@@ -429,22 +430,6 @@ def measure(
 
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    """utime + stime of processes, in clock ticks."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def say(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
