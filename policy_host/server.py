@@ -29,8 +29,9 @@ from .web import create_app
 
 log = logging.getLogger(__name__)
 
-# How often each worker looks at the snapshot file for changes (seconds).
-WATCH_INTERVAL = 0.5
+# How often each worker looks at the snapshot and its change journal
+# (two stat calls; seconds).
+WATCH_INTERVAL = 0.2
 
 
 def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> None:

@@ -19,7 +19,14 @@ from werkzeug.exceptions import HTTPException
 
 from .config import config_path, load_config
 from .errors import PolicyHostError
-from .snapshot import compile_snapshot, read_policies, read_snapshot
+from .snapshot import (
+    JOURNAL_NAME,
+    compile_snapshot,
+    read_journal,
+    read_served,
+    read_snapshot,
+    snapshot_id,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -117,50 +124,78 @@ def _plain(status: int, text: str) -> Response:
 class PolicyTable:
     """``mta-sts.<domain>`` -> bytes, swapped whole when the snapshot changes.
 
-    Requests only do a dict lookup. A watcher thread looks at the snapshot
-    file's identity (inode, mtime, size) every ``interval`` seconds and, when
-    it changed, reads the new file and replaces the dict in one assignment,
-    so a request sees the old table or the new one, never a mix, and no
-    worker has to restart for a change to go live.
+    Requests only do a dict lookup. A watcher thread looks at the identity
+    (inode, mtime, size) of the snapshot and of its change journal every
+    ``interval`` seconds. When the journal has steps from the snapshot this
+    table holds, they are applied to a copy of the table; otherwise, when the
+    snapshot is one this table does not hold, it is read whole (see
+    ``snapshot``). Either way the dict is replaced in one assignment, so a
+    request sees the old table or the new one, never a mix, and no worker has
+    to restart for a change to go live.
     """
 
-    def __init__(self, policies: Mapping[str, bytes], path: Path | None = None) -> None:
+    def __init__(
+        self, policies: Mapping[str, bytes], path: Path | None = None, snapshot_id: str = ""
+    ) -> None:
         self.policies: Mapping[str, bytes] = dict(policies)
         self.path = path
-        self._stamp = self._identity()
-        self._failed: tuple[int, int, int] | None = None
-
-    def _identity(self) -> tuple[int, int, int] | None:
-        if self.path is None:
-            return None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        self.journal_path = path.with_name(JOURNAL_NAME) if path is not None else None
+        self.snapshot_id = snapshot_id
+        self._stamp = _identity(path)
+        self._journal_stamp = _identity(self.journal_path)
+        self._failed: object = None
 
     def get(self, host: str) -> bytes | None:
         return self.policies.get(host)
 
     def refresh(self) -> bool:
-        """Load the snapshot if it changed; True when the table was swapped."""
-        stamp = self._identity()
-        if stamp is None or stamp == self._stamp or self.path is None:
+        """Catch up with the snapshot and journal if either changed; True
+        when the table was swapped."""
+        if self.path is None or self.journal_path is None:
+            return False
+        stamp, journal_stamp = _identity(self.path), _identity(self.journal_path)
+        if (stamp, journal_stamp) == (self._stamp, self._journal_stamp):
             return False
         try:
-            policies = read_policies(self.path)
+            journal = read_journal(self.journal_path)
+            policies, current, whole = self.policies, self.snapshot_id, False
+            steps = journal.since(current) if journal is not None else None
+            if steps is None or stamp != self._stamp:
+                # The snapshot on disk, when the journal does not lead to
+                # it (or to anything) from here: read it whole.
+                on_disk = snapshot_id(self.path)
+                if (
+                    on_disk is not None
+                    and on_disk != current
+                    and not (journal is not None and journal.reaches(current, on_disk))
+                ):
+                    served = read_served(self.path)
+                    if served is not None:
+                        (policies, current), whole = served, True
+                        steps = journal.since(current) if journal is not None else None
         except PolicyHostError:
-            # Keep the old stamp so the next tick tries again: a worker that
+            # Keep the old stamps so the next tick tries again: a worker that
             # gave up here would serve old bytes under a newly published id.
-            if stamp != self._failed:
+            if (stamp, journal_stamp) != self._failed:
                 log.exception("cannot load the new snapshot; still serving the previous policies")
-                self._failed = stamp
+                self._failed = (stamp, journal_stamp)
             return False
-        if policies is None:
+        if steps:
+            policies = dict(policies)  # the copy requests never see half-made
+            for step in steps:
+                policies.update(step.put)
+                for host in step.drop:
+                    policies.pop(host, None)
+            current = steps[-1].id
+        self._stamp, self._journal_stamp = stamp, journal_stamp
+        if policies is self.policies:
+            self.snapshot_id = current
             return False
-        self.policies = policies
-        self._stamp = stamp
-        log.info("loaded %d policies from %s", len(self.policies), self.path)
+        self.policies, self.snapshot_id = policies, current
+        how = [f"read {self.path}"] if whole else []
+        if steps:
+            how.append(f"{sum(step.size for step in steps)} changed")
+        log.info("serving %d policies (%s)", len(policies), ", then ".join(how))
         return True
 
     def watch(self, interval: float) -> threading.Thread:
@@ -177,6 +212,16 @@ class PolicyTable:
         thread = threading.Thread(target=loop, name="policy-host-snapshot-watcher", daemon=True)
         thread.start()
         return thread
+
+
+def _identity(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def create_app(
@@ -203,10 +248,10 @@ def create_app(
             snapshot_path = config.snapshot_path
             if read_snapshot(snapshot_path) is None:
                 compile_snapshot(config)
-        found = read_policies(snapshot_path)
+        found = read_served(snapshot_path)
         if found is None:
             raise FileNotFoundError(f"{snapshot_path}: no served-policy snapshot")
-        table = PolicyTable(found, snapshot_path)
+        table = PolicyTable(found[0], snapshot_path, found[1])
         if watch_interval:
             table.watch(watch_interval)
     else:

@@ -552,6 +552,10 @@ def test_live_policy_change_fails_no_request(tmp_path: Path, serve_args: tuple[s
         assert not thread.is_alive(), "the sender did not stop"
         server.daemon.check_alive()
         assert server.workers() == workers, "the change must go live without restarting workers"
+        # Every worker took the one change from the journal instead of
+        # reading the whole snapshot again.
+        log = server.daemon.log_path.read_text(errors="replace")
+        assert log.count("serving 3 policies (1 changed)") == len(workers), server.daemon.log_tail()
 
     outcomes = sender.outcomes
     bad = [

@@ -9,7 +9,7 @@ from support.layout import GOLDEN
 
 from policy_host.config import ProviderConfig
 from policy_host.errors import PolicyHostError
-from policy_host.snapshot import compile_snapshot, read_policies, read_snapshot
+from policy_host.snapshot import compile_snapshot, read_served, read_snapshot
 
 
 def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
@@ -68,7 +68,11 @@ def test_snapshot_write_leaves_no_temporary_files(config: ProviderConfig) -> Non
     compile_snapshot(config)
     compile_snapshot(config)
     # (the parse cache is only written for files older than a few seconds)
-    assert sorted(p.name for p in config.state_dir.iterdir()) == ["served.json", "www"]
+    assert sorted(p.name for p in config.state_dir.iterdir()) == [
+        "served.changes.json",
+        "served.json",
+        "www",
+    ]
     assert [p.name for p in (config.www_dir / ".tmp").iterdir()] == ["lock"]
 
 
@@ -95,15 +99,17 @@ def test_worker_retries_a_snapshot_it_could_not_read(
     compile_snapshot(config)
     table = web.PolicyTable({}, config.snapshot_path)
     (config.tenants_dir / "example.org.yaml").unlink()
-    compile_snapshot(config)  # a new snapshot the worker has not loaded yet
+    # A new snapshot the worker has not loaded yet, and no journal to take
+    # it from (its id, "", is in none).
+    compile_snapshot(config)
     failures = iter([PolicyHostError("transient read error")])
 
     def flaky_read(path: Path) -> object:
         for exc in failures:
             raise exc
-        return read_policies(path)
+        return read_served(path)
 
-    monkeypatch.setattr(web, "read_policies", flaky_read)
+    monkeypatch.setattr(web, "read_served", flaky_read)
     assert table.refresh() is False  # the read failed ...
     assert table.refresh() is True  # ... and the same file is tried again
     assert table.get("mta-sts.example.com") == (GOLDEN / "example.com.txt").read_bytes()
