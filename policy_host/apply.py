@@ -59,7 +59,7 @@ from .publish import (
     update_text,
 )
 from .render import fingerprint, render
-from .snapshot import Snapshot, merge, read_snapshot
+from .snapshot import HOST_PREFIX, merge, served_policies
 from .state import (
     ACTIVE,
     CHANGE,
@@ -595,20 +595,30 @@ def _validated(config: ProviderConfig, report: Report) -> LoadResult:
     return result
 
 
+def _served(config: ProviderConfig) -> Mapping[str, bytes] | None:
+    """What the server serves now (``mta-sts.<domain>`` -> body)."""
+    found = served_policies(config.snapshot_path)
+    return found[0] if found is not None else None
+
+
 def _expected_snapshot(
-    result: LoadResult, current: Snapshot | None, from_state: Mapping[str, bytes]
+    result: LoadResult, current: Mapping[str, bytes] | None, from_state: Mapping[str, bytes]
 ) -> dict[str, bytes]:
     expected, _ = merge(result, current, from_state)
     return {domain: entry.body for domain, entry in expected.entries.items()}
 
 
 def _out_of_date(
-    current: Snapshot | None, expected: Mapping[str, bytes]
+    current: Mapping[str, bytes] | None, expected: Mapping[str, bytes]
 ) -> dict[str, bytes | None]:
-    """Domains the server does not serve as it should (None: must be 404)."""
-    served = {d: e.body for d, e in current.entries.items()} if current else {}
-    wrong: dict[str, bytes | None] = {d: b for d, b in expected.items() if served.get(d) != b}
-    wrong.update({d: None for d in served if d not in expected})
+    """Domains (of ``expected``) the server does not serve as it should
+    (None: must be 404). ``current`` is by host, as ``_served`` gives it."""
+    current = current or {}
+    wrong: dict[str, bytes | None] = {
+        d: b for d, b in expected.items() if current.get(HOST_PREFIX + d) != b
+    }
+    skip = len(HOST_PREFIX)
+    wrong.update({h[skip:]: None for h in current if h[skip:] not in expected})
     return wrong
 
 
@@ -634,7 +644,7 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
     # What the server would be told to serve once the changes are recorded.
     from_state = dict(fallback_policies(config.state_db))
     from_state.update({c.domain: c.pending(now).body for c in plan.changes})
-    current = read_snapshot(config.snapshot_path)
+    current = _served(config)
     stale = _out_of_date(current, _expected_snapshot(result, current, from_state))
     report.reload = bool(plan.changes or stale)
     if not plan.changes:
@@ -705,7 +715,7 @@ def _execute(
 
     # Serve first (RFC 8461 section 8). The server compiles the same
     # snapshot from the tenant files and the state just recorded.
-    current = read_snapshot(config.snapshot_path)
+    current = _served(config)
     with gc_paused():
         expected = _expected_snapshot(result, current, fallback_policies(config.state_db))
     want: dict[str, bytes | None] = dict(_out_of_date(current, expected))

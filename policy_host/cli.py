@@ -99,10 +99,11 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from .server import WATCH_INTERVAL, go_live, running_pid
-    from .snapshot import merge
+    from .snapshot import HOST_PREFIX, merge, served_policies
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
-    before = read_snapshot(config.snapshot_path)
+    found = served_policies(config.snapshot_path)
+    before = found[0] if found is not None else {}
     if args.dry_run:
         result = load_tenants(config)
         after, kept = merge(result, before)
@@ -115,8 +116,8 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
             + ("its last good policy stays served" if domain in kept else "not served"),
             file=sys.stderr,
         )
-    old = before.entries if before else {}
-    changed = sorted(d for d, e in after.entries.items() if d not in old or old[d].body != e.body)
+    old = {h.removeprefix(HOST_PREFIX): body for h, body in before.items()}
+    changed = sorted(d for d, e in after.entries.items() if old.get(d) != e.body)
     removed = sorted(set(old) - set(after.entries))
     for domain in changed:
         print(f"{domain}: {'new' if domain not in old else 'changed'}", file=sys.stderr)

@@ -120,6 +120,7 @@ class ParseCache:
     def __init__(self, path: Path | None, key: str, items: dict[str, list[Any]] | None = None):
         self.path = path
         self.key = key
+        # file name -> [identity, [domain, fields, problems, body]]
         self.items: dict[str, list[Any]] = items or {}
 
     @classmethod
@@ -156,15 +157,6 @@ class ParseCache:
             return cls(path, key)
         _last_loaded = (path, ident, key, items)
         return cls(path, key, items)
-
-    def lookup(self, name: str, ident: Identity) -> list[Any] | None:
-        """The cached entry ``[domain, fields, problems, body]`` for file
-        ``name`` if its identity is unchanged (``restore_*`` rebuild it)."""
-        item = self.items.get(name)
-        if item is None or tuple(item[0]) != ident:
-            return None
-        found: list[Any] = item[1]
-        return found
 
     def save(self, found: Mapping[str, Identity], read: Mapping[str, Outcome], now_ns: int) -> bool:
         """Store what is known now: ``found`` is every tenant file (name ->

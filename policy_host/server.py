@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # How often each worker looks at the snapshot and its change journal
 # (two stat calls; seconds).
-WATCH_INTERVAL = 0.2
+WATCH_INTERVAL = 0.1
 
 
 def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> None:

@@ -52,6 +52,8 @@ JOURNAL_STEPS = 16
 JOURNAL_MAX_CHANGES = 5_000
 # The source shown for a policy served from the apply state (no tenant file).
 STATE_SOURCE = "apply state (tenant file removed)"
+# Served policies are looked up by Host: this, then the tenant's domain.
+HOST_PREFIX = "mta-sts."
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,19 @@ class Snapshot:
 
     def policies_by_host(self) -> dict[str, bytes]:
         """``mta-sts.<domain>`` -> body, the only lookup the web app does."""
-        return {f"mta-sts.{domain}": entry.body for domain, entry in self.entries.items()}
+        return {HOST_PREFIX + domain: entry.body for domain, entry in self.entries.items()}
 
 
 def merge(
     result: LoadResult,
-    previous: Snapshot | None,
+    previous: Mapping[str, bytes] | None,
     from_state: Mapping[str, bytes] | None = None,
 ) -> tuple[Snapshot, list[str]]:
     """New snapshot from a load result; returns it and the domains kept at
     their last good policy.
+
+    ``previous`` is what was served (``mta-sts.<domain>`` -> body, as
+    ``served_policies`` reads it): a broken tenant keeps its body.
 
     ``from_state`` (``state.fallback_policies``) holds what `apply` serves
     for tenants whose file is gone: the ``mode: none`` policy while one is
@@ -109,8 +114,9 @@ def merge(
         }
     kept = []
     for domain, source in sorted(result.broken.items()):
-        old = previous.entries.get(domain) if previous else None
-        body = old.body if old is not None else from_state.get(domain)
+        body = previous.get(HOST_PREFIX + domain) if previous else None
+        if body is None:
+            body = from_state.get(domain)
         if body is not None:
             entries[domain] = Entry(body, source, stale=True)
             kept.append(domain)
@@ -149,7 +155,8 @@ def compile_snapshot(
 def _compile(
     config: ProviderConfig, jobs: int, loaded: LoadResult | None
 ) -> tuple[Snapshot, LoadResult, list[str]]:
-    previous = read_snapshot(config.snapshot_path)
+    found = served_policies(config.snapshot_path)
+    served, previous_id = found if found is not None else (None, "")
     if loaded is not None:
         result = loaded
     else:
@@ -158,7 +165,7 @@ def _compile(
         raise PolicyHostError(
             "; ".join(str(p) for p in result.problems) + " (the served policies are unchanged)"
         )
-    snapshot, kept = merge(result, previous, served_from_state(config, previous))
+    snapshot, kept = merge(result, served, served_from_state(config, served))
     for problem in result.problems:
         (log.error if problem.is_error else log.warning)("%s", problem)
     for domain in result.broken:
@@ -167,7 +174,6 @@ def _compile(
         else:
             log.error("%s: file is broken and no earlier policy exists; not served", domain)
     wanted = snapshot.policies_by_host()
-    served = previous.policies_by_host() if previous is not None else None
     try:
         static.sync(config.www_dir, wanted, served)
     except OSError as exc:
@@ -177,12 +183,11 @@ def _compile(
     journal = config.snapshot_path.with_name(JOURNAL_NAME)
     try:
         # Before the snapshot: see the module's docstring.
-        write_journal(journal, previous.id if previous is not None else "", snapshot.id,
-                      *changes(served, wanted))  # fmt: skip
+        write_journal(journal, previous_id, snapshot.id, *changes(served, wanted))
     except OSError as exc:
         raise PolicyHostError(f"{journal}: cannot write the change journal: {exc}") from exc
     try:
-        write_snapshot(config.snapshot_path, snapshot)
+        write_snapshot(config.snapshot_path, snapshot, wanted)
     except OSError as exc:  # a full disk: the workers keep the old snapshot
         raise PolicyHostError(
             f"{config.snapshot_path}: cannot write the served-policy snapshot: {exc}"
@@ -199,14 +204,16 @@ def _compile(
     return snapshot, result, kept
 
 
-def served_from_state(config: ProviderConfig, previous: Snapshot | None) -> Mapping[str, bytes]:
+def served_from_state(
+    config: ProviderConfig, served: Mapping[str, bytes] | None
+) -> Mapping[str, bytes]:
     """``state.fallback_policies``; if the state cannot be read, what was
-    served before (so a withdrawal never stops because of it)."""
+    ``served`` before (so a withdrawal never stops because of it)."""
     try:
         return fallback_policies(config.state_db)
     except PolicyHostError as exc:
         log.error("%s; tenants without a file keep the policy served before", exc)
-        return {d: e.body for d, e in previous.entries.items()} if previous else {}
+        return {h.removeprefix(HOST_PREFIX): b for h, b in served.items()} if served else {}
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -254,6 +261,29 @@ def read_snapshot(path: Path) -> Snapshot | None:
 # The header line of a snapshot written one tenant per line.
 _HEADER_END = '"tenants":{\n'
 _FOOTER = "}}\n"
+
+
+# What the last compile in this process wrote, or the control plane read
+# last, by the file's identity (see ``_last_read``): `reload` and `apply`
+# look at what is served before they compile, and the compile needs it too.
+_last_served: tuple[Path, tuple[int, int, int, int], dict[str, bytes], str] | None = None
+
+
+def served_policies(path: Path) -> tuple[Mapping[str, bytes], str] | None:
+    """``read_served``, kept for the next call while the file is the same.
+    For the control plane: the mapping must not be changed. (The web
+    workers call ``read_served``: keeping a second table would double their
+    memory.)"""
+    global _last_served
+    ident = _identity(path)
+    if ident is None:
+        return None
+    if _last_served is not None and _last_served[:2] == (path, ident):
+        return _last_served[2], _last_served[3]
+    found = read_served(path)
+    if found is not None:
+        _last_served = (path, ident, *found)
+    return found
 
 
 def read_served(path: Path) -> tuple[dict[str, bytes], str] | None:
@@ -367,11 +397,12 @@ def _load(
     return _check_format(path, raw)
 
 
-def write_snapshot(path: Path, snapshot: Snapshot) -> None:
+def write_snapshot(path: Path, snapshot: Snapshot, by_host: dict[str, bytes] | None = None) -> None:
     """Write atomically: readers see the old file or the new one, whole.
 
     JSON, keys sorted, one tenant per line (``read_served``); `jq .` shows
-    it to a person."""
+    it to a person. ``by_host``: ``snapshot.policies_by_host()`` if the
+    caller has it (kept for ``served_policies``)."""
     dumps = json.dumps
     lines = [
         f'{dumps(domain)}:{{"body":{dumps(entry.body.decode("ascii"))},'
@@ -382,9 +413,12 @@ def write_snapshot(path: Path, snapshot: Snapshot) -> None:
     header = dumps({"format": FORMAT, "id": snapshot.id}, sort_keys=True, separators=(",", ":"))
     text = header[:-1] + ',"tenants":{\n' + ",\n".join(lines) + ("\n" if lines else "") + _FOOTER
     atomic_write(path, text.encode("ascii"))
-    global _last_read
+    global _last_read, _last_served
     ident = _identity(path)
     _last_read = (path, ident, snapshot) if ident is not None else None
+    if by_host is None:
+        by_host = snapshot.policies_by_host()
+    _last_served = (path, ident, by_host, snapshot.id) if ident is not None else None
 
 
 # The change journal, beside the snapshot.

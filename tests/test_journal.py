@@ -96,7 +96,7 @@ def test_a_compile_that_died_before_its_snapshot_is_served_then_superseded(
     table = table_at(config)
     edit(config, "example.com", "604800", "1209600")
 
-    def full_disk(path: Path, snapshot: Snapshot) -> None:
+    def full_disk(path: Path, snapshot: Snapshot, by_host: object = None) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:

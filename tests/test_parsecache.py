@@ -188,3 +188,91 @@ def test_an_unwritable_cache_is_only_slower(
 
     monkeypatch.setattr(parsecache, "_replace", refuse)
     same(saved(site), load_tenants(site, cache=False))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda ident: 5,  # not a list
+        lambda ident: [7, ["a.example", None, [], None]],  # identity not a list
+        lambda ident: [ident[:2], ["a.example", None, [], None]],  # another identity
+        lambda ident: [  # body not text
+            ident,
+            ["a.example", ["testing", ["mx.a.example"], 86400, None, []], [], 12],
+        ],
+        lambda ident: [ident, ["a.example", None, [[1]], None]],  # a problem
+        lambda ident: [ident],  # no outcome
+    ],
+)
+def test_an_entry_of_the_wrong_shape_is_read_again(
+    site: ProviderConfig, reads: list[str], damage: Callable[[list[int]], object]
+) -> None:
+    fresh = saved(site)
+    raw = json.loads(site.parse_cache_path.read_text())
+    raw["files"]["a.example.yaml"] = damage(raw["files"]["a.example.yaml"][0])
+    site.parse_cache_path.write_text(json.dumps(raw))
+    reads.clear()
+    same(load_tenants(site), fresh)
+    assert reads == ["a.example.yaml"]
+
+
+@pytest.fixture
+def large(site: ProviderConfig, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A site whose cache counts as large (the folder is looked at in a
+    forked child while the cache is read); returns the pids that scanned."""
+    for n in range(40):
+        write(site, f"t{n:02d}.example", (GOOD, WARN, BROKEN)[n % 3])
+    monkeypatch.setattr(tenants, "PARALLEL_MIN_FILES", 1)
+    scanners: list[int] = []
+    real = tenants._scan
+
+    def scan(folder: Path, identities: bool = True) -> list[tuple[str, parsecache.Identity | None]]:
+        scanners.append(os.getpid())  # the child's list is its own copy
+        return real(folder, identities)
+
+    monkeypatch.setattr(tenants, "_scan", scan)
+    return scanners
+
+
+def test_a_large_cache_is_read_while_a_child_scans_the_folder(
+    site: ProviderConfig, large: list[int]
+) -> None:
+    saved(site)
+    write(site, "t07.example", GOOD.replace("604800", "1209600"))
+    large.clear()
+    beside = load_tenants(site, jobs=2)
+    assert large == []  # not scanned in this process
+    same(beside, load_tenants(site, cache=False))
+    assert beside.tenants["t07.example"].policy.max_age == 1209600
+
+
+def test_a_child_that_dies_before_it_answers_means_a_scan_here(
+    site: ProviderConfig, large: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved(site)
+    parent = os.getpid()
+    scan = tenants._scan
+
+    def die_in_child(
+        folder: Path, identities: bool = True
+    ) -> list[tuple[str, parsecache.Identity | None]]:
+        if os.getpid() != parent:
+            os._exit(1)
+        return scan(folder, identities)
+
+    monkeypatch.setattr(tenants, "_scan", die_in_child)
+    large.clear()
+    same(load_tenants(site, jobs=2), load_tenants(site, cache=False))
+    assert large == [parent, parent]  # the fallback, then the uncached load
+
+
+def test_a_folder_the_child_cannot_read_is_reported(site: ProviderConfig, large: list[int]) -> None:
+    saved(site)
+    for path in site.tenants_dir.iterdir():
+        path.unlink()
+    site.tenants_dir.rmdir()
+    result = load_tenants(site, jobs=2)
+    assert not result.complete
+    assert [p.message for p in result.problems] == [
+        "cannot read tenants folder: No such file or directory"
+    ]

@@ -114,3 +114,34 @@ def test_worker_retries_a_snapshot_it_could_not_read(
     assert table.refresh() is True  # ... and the same file is tried again
     assert table.get("mta-sts.example.com") == (GOLDEN / "example.com.txt").read_bytes()
     assert table.get("mta-sts.example.org") is None
+
+
+def test_what_is_served_is_read_once_per_snapshot_file(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policy_host import snapshot as snap
+
+    written = compile_snapshot(config)[0]
+    reads: list[Path] = []
+    real = snap.read_served
+
+    def counted(path: Path) -> tuple[dict[str, bytes], str] | None:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(snap, "read_served", counted)
+    # The compile's own snapshot: known without reading it.
+    assert snap.served_policies(config.snapshot_path) == (written.policies_by_host(), written.id)
+    assert reads == []
+    # Replaced by someone else (another process's compile): read, once.
+    text = config.snapshot_path.read_text().replace(written.id, "0123456789abcdef")
+    config.snapshot_path.with_name("other").write_text(text)
+    config.snapshot_path.with_name("other").replace(config.snapshot_path)
+    for _ in range(2):
+        assert snap.served_policies(config.snapshot_path) == (
+            written.policies_by_host(),
+            "0123456789abcdef",
+        )
+    assert reads == [config.snapshot_path]
+    config.snapshot_path.unlink()
+    assert snap.served_policies(config.snapshot_path) is None
