@@ -100,8 +100,11 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from .server import WATCH_INTERVAL, go_live, running_pid
     from .snapshot import HOST_PREFIX, merge, served_policies
+    from .tenants import scan_ahead
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
+    if not args.dry_run:
+        scan_ahead(config, default_jobs())  # while what is served now is read
     found = served_policies(config.snapshot_path)
     before = found[0] if found is not None else {}
     if args.dry_run:

@@ -247,7 +247,33 @@ def _large_cache(config: ProviderConfig) -> bool:
         return False
 
 
-def _scan_beside(folder: Path) -> Callable[[], list[tuple[str, Identity | None]]]:
+Scanned = Callable[[], list[tuple[str, Identity | None]]]
+# A scan started by ``scan_ahead`` for the next ``load_tenants``: the
+# folder, when it started (time.time_ns), and its result.
+_ahead: tuple[Path, int, Scanned] | None = None
+
+
+def scan_ahead(config: ProviderConfig, jobs: int) -> None:
+    """Start looking at the tenants folder now, in a forked child, for the
+    next ``load_tenants`` of this folder to use, if that would do so (a
+    large parse cache, more than one job): a command that reads the
+    snapshot before it compiles (`reload`) has it done meanwhile. Only
+    called where no other thread runs."""
+    global _ahead
+    if jobs > 1 and _ahead is None and _large_cache(config):
+        started = time.time_ns()
+        _ahead = (config.tenants_dir, started, _scan_beside(config.tenants_dir))
+
+
+def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
+    global _ahead
+    if _ahead is None or _ahead[0] != folder:
+        return None
+    taken, _ahead = _ahead, None
+    return taken[1], taken[2]
+
+
+def _scan_beside(folder: Path) -> Scanned:
     """Start ``_scan(folder)`` in a forked child; the returned function waits
     for its result (and raises the child's OSError). Only called where no
     other thread runs (as ``_load_many``). If the child fails otherwise, the
@@ -359,7 +385,14 @@ def _load_tenants(
     # With a large cache, the folder is looked at in a second process while
     # this one reads the cache (both take a few tenths of a second with
     # 100,000 tenants).
-    scanned = _scan_beside(folder) if cache and jobs > 1 and _large_cache(config) else None
+    scanned: Scanned | None = None
+    ahead = _take_scan_ahead(folder)
+    if ahead is not None:
+        # The files were looked at from then on: racily clean entries are
+        # judged from that earlier moment (parsecache.ParseCache.save).
+        now_ns, scanned = min(now_ns, ahead[0]), ahead[1]
+    elif cache and jobs > 1 and _large_cache(config):
+        scanned = _scan_beside(folder)
     store = ParseCache.load(config.parse_cache_path if cache else None, key)
     try:
         if scanned is not None:

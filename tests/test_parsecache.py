@@ -276,3 +276,39 @@ def test_a_folder_the_child_cannot_read_is_reported(site: ProviderConfig, large:
     assert [p.message for p in result.problems] == [
         "cannot read tenants folder: No such file or directory"
     ]
+
+
+def test_a_scan_started_ahead_is_used_by_the_next_load(
+    site: ProviderConfig, large: list[int]
+) -> None:
+    saved(site)
+    write(site, "t07.example", GOOD.replace("604800", "1209600"))
+    large.clear()
+    tenants.scan_ahead(site, jobs=2)
+    result = load_tenants(site, jobs=2)
+    assert large == []  # the child's scan, not one here
+    assert tenants._ahead is None  # used once
+    same(result, load_tenants(site, cache=False))
+    assert result.tenants["t07.example"].policy.max_age == 1209600
+
+
+def test_racily_clean_files_are_judged_from_when_the_scan_ahead_began(
+    site: ProviderConfig, large: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved(site)
+    before = json.loads(site.parse_cache_path.read_text())["files"]["t07.example.yaml"]
+    monkeypatch.setattr(parsecache, "RACY_SECONDS", 2.0)
+    write(site, "t07.example", GOOD.replace("604800", "1209600"), when=time.time() - 1)
+    tenants.scan_ahead(site, jobs=2)
+    real = time.time_ns
+    # The load itself starts much later (a compile waiting for the lock).
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 10_000_000_000)
+    result = load_tenants(site, jobs=2, save_cache=True)
+    monkeypatch.setattr(time, "time_ns", real)
+    # Written 1 s before it was looked at: racily clean, so not stored (its
+    # old entry stays, with an identity that no longer matches, and so the
+    # cache is not even written again).
+    assert not result.save_cache()
+    cached = json.loads(site.parse_cache_path.read_text())["files"]
+    assert cached["t07.example.yaml"] == before
+    assert result.tenants["t07.example"].policy.max_age == 1209600
