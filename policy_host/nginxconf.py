@@ -30,9 +30,10 @@ from typing import TextIO
 
 from .config import AcmeSettings, ProviderConfig
 from .errors import PolicyHostError
+from .fileio import replace_file
 from .model import POLICY_HOST_PREFIX
 from .runner import Runner, run
-from .snapshot import atomic_write, read_snapshot
+from .snapshot import read_snapshot
 from .state import fallback_policies
 from .tenants import load_tenants
 
@@ -182,7 +183,7 @@ def sync(
     if dry_run or not result.changed:
         return result
     with locked(config.state_dir / "nginx-conf.lock"):
-        atomic_write(path, new)
+        replace_file(path, new)
         os.chmod(path, 0o644)
         try:
             _nginx(runner, config.nginx.test_command, "nginx config test")
@@ -192,7 +193,7 @@ def sync(
             if old is None:
                 path.unlink(missing_ok=True)
             else:
-                atomic_write(path, old)
+                replace_file(path, old)
             raise
         log.info("wrote %s: %d server blocks", path, len(result.hosts))
         if reload:

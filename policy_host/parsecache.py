@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +42,7 @@ import idna
 import yaml
 
 from .errors import Problem, Severity
+from .fileio import replace_file
 from .model import Policy, Tenant
 
 log = logging.getLogger(__name__)
@@ -187,26 +187,12 @@ class ParseCache:
             {"format": FORMAT, "key": self.key, "files": items}, separators=(",", ":")
         ).encode()
         try:
-            _replace(self.path, data)
+            # No fsync: a lost or torn cache is only a slower next run (and a
+            # torn one fails to parse).
+            replace_file(self.path, data, mode=0o640, fsync=False, fsync_folder=False)
         except OSError as exc:
             # Read-only state folder (e.g. `validate` by staff): fine, slower.
             log.info("%s: cannot write the parse cache: %s", self.path, exc)
             return False
         self.items = items
         return True
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (no fsync: a lost or torn cache
-    is only a slower next run, and a torn one fails to parse)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o640)
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
@@ -37,6 +36,7 @@ from typing import Any, TextIO
 from . import static
 from .config import ProviderConfig
 from .errors import PolicyHostError
+from .fileio import replace_file
 from .parsecache import gc_paused
 from .render import fingerprint, render
 from .state import fallback_policies
@@ -412,7 +412,7 @@ def write_snapshot(path: Path, snapshot: Snapshot, by_host: dict[str, bytes] | N
     ]
     header = dumps({"format": FORMAT, "id": snapshot.id}, sort_keys=True, separators=(",", ":"))
     text = header[:-1] + ',"tenants":{\n' + ",\n".join(lines) + ("\n" if lines else "") + _FOOTER
-    atomic_write(path, text.encode("ascii"))
+    replace_file(path, text.encode("ascii"))
     global _last_read, _last_served
     ident = _identity(path)
     _last_read = (path, ident, snapshot) if ident is not None else None
@@ -517,7 +517,7 @@ def write_journal(
         ],
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    atomic_write(path, text.encode("ascii") + b"\n")
+    replace_file(path, text.encode("ascii") + b"\n")
     return journal
 
 
@@ -555,23 +555,3 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
     return value
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

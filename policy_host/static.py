@@ -28,11 +28,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import fsync_dir, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,20 @@ def sync(
     _mark_dirty(marker, tmp_dir)
     each = len(writes) <= FSYNC_EACH_UP_TO
     for host in writes:
-        _write(www / host, wanted[host], tmp_dir, fsync=each)
+        replace_file(
+            www / host,
+            wanted[host],
+            tmp_dir=tmp_dir,
+            mode=FILE_MODE,
+            fsync=each,
+            fsync_folder=False,
+        )
     for host in removed:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(www / host)
     if not each:
         os.sync()
-    _fsync_dir(www)
+    fsync_dir(www)
     result.written, result.removed = len(writes), len(removed)
     log.info(
         "%s: wrote %d policy files, removed %d%s",
@@ -158,28 +166,4 @@ def _mark_dirty(marker: Path, tmp_dir: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(tmp_dir)
-
-
-def _write(path: Path, data: bytes, tmp_dir: Path, *, fsync: bool) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=tmp_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), FILE_MODE)
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(tmp_dir)

@@ -183,10 +183,10 @@ def test_many_files_in_several_processes_give_the_same_result(
 def test_an_unwritable_cache_is_only_slower(
     site: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(path: Path, data: bytes) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(parsecache, "_replace", refuse)
+    monkeypatch.setattr(parsecache, "replace_file", refuse)
     same(saved(site), load_tenants(site, cache=False))
 
 

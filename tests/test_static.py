@@ -102,7 +102,7 @@ def test_an_unwritable_folder_stops_the_compile(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(static, "_write", refuse)
+    monkeypatch.setattr(static, "replace_file", refuse)
     (config.tenants_dir / "example.com.yaml").write_text(
         (config.tenants_dir / "example.com.yaml").read_text().replace("604800", "1209600")
     )
