@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from .server import WATCH_INTERVAL, go_live, running_pid
-    from .snapshot import HOST_PREFIX, merge, served_policies
+    from .snapshot import HOST_PREFIX, merge, served_from_state, served_policies
     from .tenants import scan_ahead
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
@@ -109,7 +109,7 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     before = found[0] if found is not None else {}
     if args.dry_run:
         result = load_tenants(config)
-        after, kept = merge(result, before)
+        after, kept = merge(result, before, served_from_state(config, before))
     else:
         after, result, kept = go_live(config)
     _print_problems(result.problems, sys.stdout)

@@ -114,6 +114,12 @@ def restore_problems(shown: list[Any], where: str) -> list[Problem]:
 _last_loaded: tuple[Path, tuple[int, int, int, int] | None, str, dict[str, list[Any]]] | None = None
 
 
+def forget() -> None:
+    """Drop the cache kept from the last load (see ``ParseCache.load``)."""
+    global _last_loaded
+    _last_loaded = None
+
+
 class ParseCache:
     """Outcomes by file name, valid for one ``key``; see the module docstring."""
 

@@ -23,7 +23,7 @@ from gunicorn.app.base import BaseApplication
 
 from .config import ProviderConfig, load_config
 from .errors import PolicyHostError, ServerError
-from .snapshot import Snapshot, compile_snapshot
+from .snapshot import Snapshot, compile_snapshot, forget_cached
 from .tenants import LoadResult, default_jobs
 from .web import create_app
 
@@ -50,6 +50,8 @@ def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> 
         # This runs in the gunicorn master: an exception here would stop the
         # whole server. Whatever went wrong, keep serving what we had.
         log.exception("compiling the tenants failed; still serving the previous policies")
+    finally:
+        forget_cached()
 
 
 class PolicyServer(BaseApplication):  # type: ignore[misc]

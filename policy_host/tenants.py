@@ -7,6 +7,7 @@ the others from loading.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -248,9 +249,31 @@ def _large_cache(config: ProviderConfig) -> bool:
 
 
 Scanned = Callable[[], list[tuple[str, Identity | None]]]
-# A scan started by ``scan_ahead`` for the next ``load_tenants``: the
-# folder, when it started (time.time_ns), and its result.
-_ahead: tuple[Path, int, Scanned] | None = None
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A scan started by ``scan_ahead`` for the next ``load_tenants``."""
+
+    folder: Path
+    started_ns: int  # time.time_ns() when it began
+    result: Scanned
+    # The snapshot's identity then: if another compile replaces it before
+    # the load, the scan may miss what that compile served (a file made
+    # since) or bring back what it dropped, so it is not used.
+    snapshot: Path
+    snapshot_identity: tuple[int, int, int, int] | None
+
+
+_ahead: _Ahead | None = None
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def scan_ahead(config: ProviderConfig, jobs: int) -> None:
@@ -261,16 +284,24 @@ def scan_ahead(config: ProviderConfig, jobs: int) -> None:
     called where no other thread runs."""
     global _ahead
     if jobs > 1 and _ahead is None and _large_cache(config):
+        snapshot = config.snapshot_path
+        identity = _file_identity(snapshot)
         started = time.time_ns()
-        _ahead = (config.tenants_dir, started, _scan_beside(config.tenants_dir))
+        scanned = _scan_beside(config.tenants_dir)
+        _ahead = _Ahead(config.tenants_dir, started, scanned, snapshot, identity)
 
 
 def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
     global _ahead
-    if _ahead is None or _ahead[0] != folder:
+    if _ahead is None or _ahead.folder != folder:
         return None
-    taken, _ahead = _ahead, None
-    return taken[1], taken[2]
+    ahead, _ahead = _ahead, None
+    if _file_identity(ahead.snapshot) != ahead.snapshot_identity:
+        log.info("another compile ran since the tenants folder was looked at; looking again")
+        with contextlib.suppress(Exception):
+            ahead.result()  # reap the child
+        return None
+    return ahead.started_ns, ahead.result
 
 
 def _scan_beside(folder: Path) -> Scanned:
@@ -393,7 +424,13 @@ def _load_tenants(
         now_ns, scanned = min(now_ns, ahead[0]), ahead[1]
     elif cache and jobs > 1 and _large_cache(config):
         scanned = _scan_beside(folder)
-    store = ParseCache.load(config.parse_cache_path if cache else None, key)
+    try:
+        store = ParseCache.load(config.parse_cache_path if cache else None, key)
+    except BaseException:
+        if scanned is not None:  # reap the child
+            with contextlib.suppress(Exception):
+                scanned()
+        raise
     try:
         if scanned is not None:
             names = scanned()

@@ -141,9 +141,13 @@ class PolicyTable:
         self.path = path
         self.journal_path = path.with_name(JOURNAL_NAME) if path is not None else None
         self.snapshot_id = snapshot_id
-        self._stamp = _identity(path)
-        self._journal_stamp = _identity(self.journal_path)
+        # Unknown until the first look: a compile may have written the
+        # journal (and the snapshot) while ``policies`` were being read, or
+        # died between the two; the first tick catches up either way.
+        self._stamp: tuple[int, int, int] | None = None
+        self._journal_stamp: tuple[int, int, int] | None = None
         self._failed: object = None
+        self._failed_journal: object = None
 
     def get(self, host: str) -> bytes | None:
         return self.policies.get(host)
@@ -157,16 +161,24 @@ class PolicyTable:
         if (stamp, journal_stamp) == (self._stamp, self._journal_stamp):
             return False
         try:
-            journal = read_journal(self.journal_path)
+            try:
+                journal = read_journal(self.journal_path)
+            except PolicyHostError as exc:
+                # Only a shortcut: without it, the snapshot is read whole.
+                if journal_stamp != self._failed_journal:
+                    log.warning("%s; reading the snapshot instead", exc)
+                    self._failed_journal = journal_stamp
+                journal = None
             policies, current, whole = self.policies, self.snapshot_id, False
             steps = journal.since(current) if journal is not None else None
             if steps is None or stamp != self._stamp:
                 # The snapshot on disk, when the journal does not lead to
-                # it (or to anything) from here: read it whole.
+                # it (or to anything) from here: read it whole. ("" is a
+                # snapshot from an earlier version, which has no id.)
                 on_disk = snapshot_id(self.path)
                 if (
                     on_disk is not None
-                    and on_disk != current
+                    and (on_disk != current or not on_disk)
                     and not (journal is not None and journal.reaches(current, on_disk))
                 ):
                     served = read_served(self.path)

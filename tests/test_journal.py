@@ -109,6 +109,14 @@ def test_a_compile_that_died_before_its_snapshot_is_served_then_superseded(
     assert b"max_age: 1209600\r\n" in changed
     assert table.refresh() is True
     assert table.get("mta-sts.example.com") == changed  # what nginx serves too
+    # A worker started now (it reads the snapshot on disk) gets there too,
+    # from the journal, on its first look.
+    no_whole_reads(monkeypatch)
+    late = table_at(config)
+    assert late.get("mta-sts.example.com") != changed
+    assert late.refresh() is True
+    assert dict(late.policies) == dict(table.policies)
+    monkeypatch.undo()
 
     # The next compile starts from the snapshot on disk: the orphan step is
     # dropped and the worker, whose id is now in no journal, reads it whole.
@@ -144,19 +152,45 @@ def test_a_change_too_large_for_the_journal_is_read_whole(
     assert dict(table.policies) == after.policies_by_host()
 
 
-def test_a_broken_journal_keeps_the_table_and_is_retried(config: ProviderConfig) -> None:
-    before = compile_snapshot(config)[0]
+def test_a_worker_that_read_a_snapshot_while_a_compile_replaced_it_catches_up(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compile_snapshot(config)
+    served = read_served(config.snapshot_path)  # a starting worker reads...
+    assert served is not None
+    edit(config, "example.com", "604800", "1209600")
+    after = compile_snapshot(config)[0]  # ...while a compile writes
+    table = web.PolicyTable(served[0], config.snapshot_path, served[1])
+    no_whole_reads(monkeypatch)
+    assert table.refresh() is True  # its first look sees the journal's step
+    assert dict(table.policies) == after.policies_by_host()
+    assert table.refresh() is False
+
+
+def test_a_broken_journal_means_the_snapshot_is_read_whole(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compile_snapshot(config)
     table = table_at(config)
     journal = config.snapshot_path.with_name(JOURNAL_NAME)
     (config.tenants_dir / "example.org.yaml").unlink()
-    compile_snapshot(config)
+    after = compile_snapshot(config)[0]
     good = journal.read_text()
     journal.write_text(good.replace('"head":"', '"head":"x'))
-    assert table.refresh() is False
-    assert dict(table.policies) == before.policies_by_host()
-    journal.write_text(good)
+    reads: list[Path] = []
+
+    def counted(path: Path) -> tuple[dict[str, bytes], str] | None:
+        reads.append(path)
+        return read_served(path)
+
+    monkeypatch.setattr(web, "read_served", counted)
+    # The journal is only a shortcut: a broken one never holds a worker back.
     assert table.refresh() is True
-    assert table.get("mta-sts.example.org") is None
+    assert reads == [config.snapshot_path]
+    assert dict(table.policies) == after.policies_by_host()
+    journal.write_text(good)
+    assert table.refresh() is False
+    assert reads == [config.snapshot_path]
 
 
 def test_the_snapshot_is_json_with_one_tenant_per_line(config: ProviderConfig) -> None:

@@ -302,3 +302,29 @@ def test_racily_clean_files_are_judged_from_when_the_scan_ahead_began(
     cached = json.loads(site.parse_cache_path.read_text())["files"]
     assert cached["t07.example.yaml"] == before
     assert result.tenants["t07.example"].policy.max_age == 1209600
+
+
+@pytest.mark.parametrize("other_compile", [False, True])
+def test_a_scan_ahead_is_dropped_when_another_compile_ran_meanwhile(
+    site: ProviderConfig, large: list[int], monkeypatch: pytest.MonkeyPatch, other_compile: bool
+) -> None:
+    from policy_host.snapshot import compile_snapshot
+
+    compile_snapshot(site, jobs=1)
+    scan = tenants._scan
+
+    def at_once(folder: Path) -> tenants.Scanned:
+        found = scan(folder)  # the listing is made now, not in a child
+        return lambda: found
+
+    monkeypatch.setattr(tenants, "_scan_beside", at_once)
+    tenants.scan_ahead(site, jobs=2)
+    write(site, "new.example", GOOD)  # made after the folder was listed
+    if other_compile:  # another process's compile replaces the snapshot
+        text = site.snapshot_path.read_bytes()
+        site.snapshot_path.unlink()
+        site.snapshot_path.write_bytes(text)
+    result = load_tenants(site, jobs=2)
+    assert tenants._ahead is None
+    # The listing made before is only used while no compile ran since.
+    assert ("new.example" in result.tenants) is other_compile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,47 @@ def test_what_is_served_is_read_once_per_snapshot_file(
     assert reads == [config.snapshot_path]
     config.snapshot_path.unlink()
     assert snap.served_policies(config.snapshot_path) is None
+
+
+def test_the_master_keeps_nothing_from_its_compile(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policy_host import parsecache, server
+    from policy_host import snapshot as snap
+
+    monkeypatch.setattr(parsecache, "RACY_SECONDS", 0.0)  # cache files made just now
+    compile_snapshot(config)
+    compile_snapshot(config)  # the command line keeps what it read and wrote
+    assert snap._last_served is not None
+    assert parsecache._last_loaded is not None
+    server.recompile(config.path, config)  # what the gunicorn master runs
+    assert snap._last_read is None
+    assert snap._last_served is None
+    assert parsecache._last_loaded is None
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_reload_reports_a_tenant_served_from_the_apply_state_as_kept(
+    config: ProviderConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    dry_run: bool,
+) -> None:
+    from policy_host import cli, server
+    from policy_host.state import NEW, WITHDRAW, Pending, Store
+
+    body = (GOLDEN / "example.org.txt").read_bytes()
+    with Store(config.state_db) as store:
+        store.begin({"example.org": Pending(NEW, "id1", "fp", body, 86400)}, 0)
+        store.commit(["example.org"], 1, confirmed=True)
+        store.begin({"example.org": Pending(WITHDRAW, "id2", "fp2", b"none", 60)}, 2)
+    compile_snapshot(config)
+    (config.tenants_dir / "example.org.yaml").unlink()  # being withdrawn
+    monkeypatch.setattr(server, "running_pid", lambda config: os.getpid())
+    argv = ["--config", str(config.path), "reload", *(["--dry-run"] if dry_run else [])]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    # Served from the state (its withdrawal policy) with or without --dry-run.
+    assert "example.org: no longer served" not in err
+    assert "example.org: changed" in err
+    assert "(1 new or changed, 0 removed)" in err
