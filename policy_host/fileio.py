@@ -54,6 +54,19 @@ def replace_file(
         fsync_dir(path.parent)
 
 
+Identity = tuple[int, int, int, int]
+
+
+def file_identity(path: Path) -> Identity | None:
+    """(inode, mtime_ns, ctime_ns, size) of ``path``; None if it does not
+    exist. A file replaced by ``replace_file`` always gets a new one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def fsync_dir(path: Path) -> None:
     """Make the renames and removals done in folder ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)

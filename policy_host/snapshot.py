@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any, TextIO
 from . import parsecache, static
 from .config import ProviderConfig
 from .errors import PolicyHostError
-from .fileio import replace_file
+from .fileio import Identity, file_identity, replace_file
 from .parsecache import gc_paused
 from .render import fingerprint, render
 from .state import fallback_policies
@@ -219,25 +218,17 @@ def served_from_state(
         return {h.removeprefix(HOST_PREFIX): b for h, b in served.items()} if served else {}
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-
-
 # The last snapshot read, by its file's identity: a run reads it several
 # times (`reload` for its report, the compile for "last good"; `apply`), and
 # with 100,000 tenants each read costs a few tenths of a second. The file is
 # only ever replaced by rename, so a new snapshot always has a new identity.
-_last_read: tuple[Path, tuple[int, int, int, int], Snapshot] | None = None
+_last_read: tuple[Path, Identity, Snapshot] | None = None
 
 
 def read_snapshot(path: Path) -> Snapshot | None:
     """The snapshot at ``path``; ``None`` if there is none yet."""
     global _last_read
-    ident = _identity(path)
+    ident = file_identity(path)
     if ident is None:
         return None
     if _last_read is not None and _last_read[:2] == (path, ident):
@@ -269,7 +260,7 @@ _FOOTER = "}}\n"
 # What the last compile in this process wrote, or the control plane read
 # last, by the file's identity (see ``_last_read``): `reload` and `apply`
 # look at what is served before they compile, and the compile needs it too.
-_last_served: tuple[Path, tuple[int, int, int, int], dict[str, bytes], str] | None = None
+_last_served: tuple[Path, Identity, dict[str, bytes], str] | None = None
 
 
 def served_policies(path: Path) -> tuple[Mapping[str, bytes], str] | None:
@@ -278,7 +269,7 @@ def served_policies(path: Path) -> tuple[Mapping[str, bytes], str] | None:
     workers call ``read_served``: keeping a second table would double their
     memory.)"""
     global _last_served
-    ident = _identity(path)
+    ident = file_identity(path)
     if ident is None:
         return None
     if _last_served is not None and _last_served[:2] == (path, ident):
@@ -427,7 +418,7 @@ def write_snapshot(path: Path, snapshot: Snapshot, by_host: dict[str, bytes] | N
     text = header[:-1] + ',"tenants":{\n' + ",\n".join(lines) + ("\n" if lines else "") + _FOOTER
     replace_file(path, text.encode("ascii"))
     global _last_read, _last_served
-    ident = _identity(path)
+    ident = file_identity(path)
     _last_read = (path, ident, snapshot) if ident is not None else None
     if by_host is None:
         by_host = snapshot.policies_by_host()

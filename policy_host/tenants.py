@@ -21,6 +21,8 @@ from pathlib import Path
 
 from .config import ProviderConfig
 from .errors import Problem, Severity
+from .fileio import Identity as FileIdentity
+from .fileio import file_identity
 from .model import (
     MAX_AGE_ENFORCE_RECOMMENDED,
     MAX_AGE_LIMIT,
@@ -262,18 +264,10 @@ class _Ahead:
     # the load, the scan may miss what that compile served (a file made
     # since) or bring back what it dropped, so it is not used.
     snapshot: Path
-    snapshot_identity: tuple[int, int, int, int] | None
+    snapshot_identity: FileIdentity | None
 
 
 _ahead: _Ahead | None = None
-
-
-def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def scan_ahead(config: ProviderConfig, jobs: int) -> None:
@@ -285,10 +279,17 @@ def scan_ahead(config: ProviderConfig, jobs: int) -> None:
     global _ahead
     if jobs > 1 and _ahead is None and _large_cache(config):
         snapshot = config.snapshot_path
-        identity = _file_identity(snapshot)
+        identity = _snapshot_identity(snapshot)
         started = time.time_ns()
         scanned = _scan_beside(config.tenants_dir)
         _ahead = _Ahead(config.tenants_dir, started, scanned, snapshot, identity)
+
+
+def _snapshot_identity(path: Path) -> FileIdentity | None:
+    try:
+        return file_identity(path)
+    except OSError:  # the compile will say what is wrong with it
+        return None
 
 
 def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
@@ -296,7 +297,7 @@ def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
     if _ahead is None or _ahead.folder != folder:
         return None
     ahead, _ahead = _ahead, None
-    if _file_identity(ahead.snapshot) != ahead.snapshot_identity:
+    if _snapshot_identity(ahead.snapshot) != ahead.snapshot_identity:
         log.info("another compile ran since the tenants folder was looked at; looking again")
         with contextlib.suppress(Exception):
             ahead.result()  # reap the child

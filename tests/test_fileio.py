@@ -61,3 +61,15 @@ def test_durable_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     synced.clear()
     replace_file(tmp_path / "b", b"x", fsync=False, fsync_folder=False)
     assert synced == []
+
+
+def test_a_replaced_file_has_a_new_identity(tmp_path: Path) -> None:
+    from policy_host.fileio import file_identity
+
+    path = tmp_path / "served.json"
+    assert file_identity(path) is None
+    replace_file(path, b"same")
+    first = file_identity(path)
+    assert first is not None and file_identity(path) == first
+    replace_file(path, b"same")  # same bytes, same size: still a new file
+    assert file_identity(path) != first
