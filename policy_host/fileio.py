@@ -67,6 +67,15 @@ def file_identity(path: Path) -> Identity | None:
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
+def identity_if_readable(path: Path) -> Identity | None:
+    """``file_identity``, or None also when the file cannot be looked at
+    (whoever reads it says why)."""
+    try:
+        return file_identity(path)
+    except OSError:
+        return None
+
+
 def fsync_dir(path: Path) -> None:
     """Make the renames and removals done in folder ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)

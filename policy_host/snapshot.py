@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
@@ -309,15 +309,15 @@ def read_served(path: Path) -> tuple[dict[str, bytes], str] | None:
 
 def _read_lines(path: Path, handle: TextIO) -> tuple[dict[str, bytes], str]:
     first = handle.readline()
-    if not first.endswith(_HEADER_END):
+    snapshot_id = _header_id(path, first)
+    if snapshot_id is None:
         return _read_served_whole(path, first + handle.read())
-    snapshot_id = _check_header(path, json.loads(first[:-1] + "}}"))
     policies: dict[str, bytes] = {}
     for line in handle:
         if line == _FOOTER:
             return policies, snapshot_id
         domain, body = _entry(line)
-        policies["mta-sts." + domain] = body
+        policies[HOST_PREFIX + domain] = body
     raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: it ends early")
 
 
@@ -347,7 +347,7 @@ def _read_served_whole(path: Path, text: str) -> tuple[dict[str, bytes], str]:
     # popitem: each parsed text is freed as soon as its bytes exist.
     while tenants:
         domain, body = tenants.popitem()
-        policies["mta-sts." + domain] = body.encode("ascii")
+        policies[HOST_PREFIX + domain] = body.encode("ascii")
     return policies, _check_header(path, raw)
 
 
@@ -361,8 +361,15 @@ def snapshot_id(path: Path) -> str | None:
         return None
     except (OSError, ValueError) as exc:
         raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
+    found = _header_id(path, first)
+    return "" if found is None else found
+
+
+def _header_id(path: Path, first: str) -> str | None:
+    """The id in ``first``, the header line of a snapshot written one tenant
+    per line; None if it is a snapshot written on one line."""
     if not first.endswith(_HEADER_END):
-        return ""
+        return None
     try:
         return _check_header(path, json.loads(first[:-1] + "}}"))
     except ValueError as exc:
@@ -386,14 +393,12 @@ def _body_only(entry: dict[str, Any]) -> Any:
     return entry.get("body", entry)
 
 
-def _load(
-    path: Path, object_hook: Callable[[dict[str, Any]], Any] | None = None
-) -> dict[str, Any] | None:
+def _load(path: Path) -> dict[str, Any] | None:
     try:
         # Text, not bytes: json.loads would decode a bytes copy of its own,
         # and with 100,000 tenants each copy is 30 MB more at the peak.
         with open(path, encoding="ascii") as handle, gc_paused():
-            raw = json.loads(handle.read(), object_hook=object_hook)
+            raw = json.loads(handle.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -498,9 +503,9 @@ def write_journal(
         old = None
     steps: list[Step] = []
     if put is not None and parent and len(put) + len(drop) <= JOURNAL_MAX_CHANGES:
-        if old is not None and old.head == parent:
-            steps = list(old.steps)
-        elif old is not None:
+        if old is not None:
+            # The steps up to the one that made ``parent`` (all of them when
+            # it is the head); none when no step made it.
             ids = [step.id for step in old.steps]
             steps = list(old.steps[: ids.index(parent) + 1]) if parent in ids else []
         steps.append(Step(parent, snapshot_id, put, tuple(drop)))

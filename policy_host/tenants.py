@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import ProviderConfig
 from .errors import Problem, Severity
 from .fileio import Identity as FileIdentity
-from .fileio import file_identity
+from .fileio import identity_if_readable
 from .model import (
     MAX_AGE_ENFORCE_RECOMMENDED,
     MAX_AGE_LIMIT,
@@ -279,17 +279,10 @@ def scan_ahead(config: ProviderConfig, jobs: int) -> None:
     global _ahead
     if jobs > 1 and _ahead is None and _large_cache(config):
         snapshot = config.snapshot_path
-        identity = _snapshot_identity(snapshot)
+        identity = identity_if_readable(snapshot)
         started = time.time_ns()
         scanned = _scan_beside(config.tenants_dir)
         _ahead = _Ahead(config.tenants_dir, started, scanned, snapshot, identity)
-
-
-def _snapshot_identity(path: Path) -> FileIdentity | None:
-    try:
-        return file_identity(path)
-    except OSError:  # the compile will say what is wrong with it
-        return None
 
 
 def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
@@ -297,7 +290,7 @@ def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
     if _ahead is None or _ahead.folder != folder:
         return None
     ahead, _ahead = _ahead, None
-    if _snapshot_identity(ahead.snapshot) != ahead.snapshot_identity:
+    if identity_if_readable(ahead.snapshot) != ahead.snapshot_identity:
         log.info("another compile ran since the tenants folder was looked at; looking again")
         with contextlib.suppress(Exception):
             ahead.result()  # reap the child
@@ -509,12 +502,12 @@ def _load_tenants(
         owners[domain] = where
         if not valid:
             broken[domain] = where
-        elif domain not in broken:
-            if tenant is not None:
-                tenants[domain] = tenant
-            assert body is not None
-            bodies[domain] = body
-            sources[domain] = where
+            continue
+        if tenant is not None:
+            tenants[domain] = tenant
+        assert body is not None
+        bodies[domain] = body
+        sources[domain] = where
     result.files = len(names)
     result.problems.sort(key=lambda p: (p.path, p.line))
     return result

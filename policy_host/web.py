@@ -7,7 +7,6 @@ when the app is made; a request only normalises its Host and looks it up.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -19,12 +18,13 @@ from werkzeug.exceptions import HTTPException
 
 from .config import config_path, load_config
 from .errors import PolicyHostError
+from .fileio import Identity, identity_if_readable
 from .snapshot import (
     JOURNAL_NAME,
+    Journal,
     compile_snapshot,
     read_journal,
     read_served,
-    read_snapshot,
     snapshot_id,
 )
 
@@ -144,8 +144,8 @@ class PolicyTable:
         # Unknown until the first look: a compile may have written the
         # journal (and the snapshot) while ``policies`` were being read, or
         # died between the two; the first tick catches up either way.
-        self._stamp: tuple[int, int, int] | None = None
-        self._journal_stamp: tuple[int, int, int] | None = None
+        self._stamp: Identity | None = None
+        self._journal_stamp: Identity | None = None
         self._failed: object = None
         self._failed_journal: object = None
 
@@ -157,18 +157,12 @@ class PolicyTable:
         when the table was swapped."""
         if self.path is None or self.journal_path is None:
             return False
-        stamp, journal_stamp = _identity(self.path), _identity(self.journal_path)
+        stamp = identity_if_readable(self.path)
+        journal_stamp = identity_if_readable(self.journal_path)
         if (stamp, journal_stamp) == (self._stamp, self._journal_stamp):
             return False
+        journal = self._journal(journal_stamp)
         try:
-            try:
-                journal = read_journal(self.journal_path)
-            except PolicyHostError as exc:
-                # Only a shortcut: without it, the snapshot is read whole.
-                if journal_stamp != self._failed_journal:
-                    log.warning("%s; reading the snapshot instead", exc)
-                    self._failed_journal = journal_stamp
-                journal = None
             policies, current, whole = self.policies, self.snapshot_id, False
             steps = journal.since(current) if journal is not None else None
             if steps is None or stamp != self._stamp:
@@ -210,6 +204,18 @@ class PolicyTable:
         log.info("serving %d policies (%s)", len(policies), ", then ".join(how))
         return True
 
+    def _journal(self, stamp: Identity | None) -> Journal | None:
+        """The change journal; None if there is none or it cannot be read
+        (it is only a shortcut: then the snapshot is read whole)."""
+        assert self.journal_path is not None
+        try:
+            return read_journal(self.journal_path)
+        except PolicyHostError as exc:
+            if stamp != self._failed_journal:
+                log.warning("%s; reading the snapshot instead", exc)
+                self._failed_journal = stamp
+            return None
+
     def watch(self, interval: float) -> threading.Thread:
         """Refresh every ``interval`` seconds in a daemon thread."""
 
@@ -224,16 +230,6 @@ class PolicyTable:
         thread = threading.Thread(target=loop, name="policy-host-snapshot-watcher", daemon=True)
         thread.start()
         return thread
-
-
-def _identity(path: Path | None) -> tuple[int, int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def create_app(
@@ -258,7 +254,7 @@ def create_app(
         if snapshot_path is None:
             config = load_config(config_path(None))
             snapshot_path = config.snapshot_path
-            if read_snapshot(snapshot_path) is None:
+            if snapshot_id(snapshot_path) is None:  # none yet
                 compile_snapshot(config)
         found = read_served(snapshot_path)
         if found is None:

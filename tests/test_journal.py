@@ -44,6 +44,18 @@ def no_whole_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(web, "read_served", refuse)
 
 
+def whole_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The snapshots a worker reads whole from now on."""
+    reads: list[Path] = []
+
+    def counted(path: Path) -> tuple[dict[str, bytes], str] | None:
+        reads.append(path)
+        return read_served(path)
+
+    monkeypatch.setattr(web, "read_served", counted)
+    return reads
+
+
 def edit(config: ProviderConfig, domain: str, old: str, new: str) -> None:
     path = config.tenants_dir / f"{domain}.yaml"
     text = path.read_text()
@@ -140,13 +152,7 @@ def test_a_change_too_large_for_the_journal_is_read_whole(
     after = compile_snapshot(config)[0]
     journal = read_journal(config.snapshot_path.with_name(JOURNAL_NAME))
     assert journal is not None and (journal.head, journal.steps) == (after.id, ())
-    reads = []
-
-    def counted(path: Path) -> tuple[dict[str, bytes], str] | None:
-        reads.append(path)
-        return read_served(path)
-
-    monkeypatch.setattr(web, "read_served", counted)
+    reads = whole_reads(monkeypatch)
     assert table.refresh() is True
     assert reads == [config.snapshot_path]
     assert dict(table.policies) == after.policies_by_host()
@@ -177,13 +183,7 @@ def test_a_broken_journal_means_the_snapshot_is_read_whole(
     after = compile_snapshot(config)[0]
     good = journal.read_text()
     journal.write_text(good.replace('"head":"', '"head":"x'))
-    reads: list[Path] = []
-
-    def counted(path: Path) -> tuple[dict[str, bytes], str] | None:
-        reads.append(path)
-        return read_served(path)
-
-    monkeypatch.setattr(web, "read_served", counted)
+    reads = whole_reads(monkeypatch)
     # The journal is only a shortcut: a broken one never holds a worker back.
     assert table.refresh() is True
     assert reads == [config.snapshot_path]
