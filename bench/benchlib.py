@@ -46,7 +46,7 @@ PROVIDER = "provider.example"
 _SCRIPT = Path(sys.executable).with_name("policy-host")
 # The installed script: `reload` and `apply` recognise the server by a
 # command line naming policy-host (server.running_pid).
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "policy_host.cli"]
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "policy_host.cli.main"]
 
 
 def say(text: str) -> None:
@@ -392,9 +392,9 @@ def compile_tenants(config: Path) -> None:
     """The control plane's compile (snapshot, policy files, parse cache)."""
     code = (
         "import sys; from pathlib import Path\n"
-        "from policy_host.config import load_config\n"
-        "from policy_host.snapshot import compile_snapshot\n"
-        "from policy_host.tenants import default_jobs\n"
+        "from policy_host.read.config import load_config\n"
+        "from policy_host.serve.snapshot import compile_snapshot\n"
+        "from policy_host.read.tenants import default_jobs\n"
         "compile_snapshot(load_config(Path(sys.argv[1])), jobs=default_jobs())\n"
     )
     subprocess.run([sys.executable, "-c", code, str(config)], check=True, timeout=3600)

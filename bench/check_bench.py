@@ -190,10 +190,10 @@ def relay(listen_port: int, upstream_port: int, delay: float) -> None:
 def check_worker(config_path: Path, jobs: int) -> None:
     """Run `check` over every tenant, as the command does; print one JSON line
     of figures."""
-    from policy_host.config import load_config
-    from policy_host.dnscheck import CheckContext, run_checks
-    from policy_host.dnsclient import DnsClient
-    from policy_host.tenants import load_tenants
+    from policy_host.check.checks import CheckContext, run_checks
+    from policy_host.check.dnsclient import DnsClient
+    from policy_host.read.config import load_config
+    from policy_host.read.tenants import load_tenants
 
     config = load_config(config_path)
     started = time.perf_counter()

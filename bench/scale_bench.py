@@ -60,8 +60,8 @@ from benchlib import (
 from serve_bench import gunicorn_daemon, prepare_nginx, stack_config
 from support.dnsservers import KnotServer, TsigKey, Zone
 
-from policy_host.parsecache import RACY_SECONDS
-from policy_host.server import WATCH_INTERVAL
+from policy_host.read.parsecache import RACY_SECONDS
+from policy_host.serve.server import WATCH_INTERVAL
 
 START_TARGET = 2.0
 LIVE_TARGET = 2.0
@@ -188,9 +188,9 @@ def measure(count: int, args: argparse.Namespace, root: Path) -> Row:
     fig["validate cold s"] = median(runs["validate"])
     compile_code = (
         "import sys; from pathlib import Path\n"
-        "from policy_host.config import load_config\n"
-        "from policy_host.snapshot import compile_snapshot\n"
-        "from policy_host.tenants import default_jobs\n"
+        "from policy_host.read.config import load_config\n"
+        "from policy_host.serve.snapshot import compile_snapshot\n"
+        "from policy_host.read.tenants import default_jobs\n"
         "compile_snapshot(load_config(Path(sys.argv[1])), jobs=default_jobs())\n"
     )
     compile_argv = [sys.executable, "-c", compile_code, str(config)]

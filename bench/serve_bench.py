@@ -242,8 +242,8 @@ def prepare_nginx(root: Path, config: Path, tls_hosts: Sequence[str]) -> tuple[P
     """nginx's files for the provider at ``config`` (made with
     ``stack_config(root)``), with a server block and a certificate for each
     of ``tls_hosts``; the returned daemon is not started yet."""
-    from policy_host.config import load_config
-    from policy_host.nginxconf import cert_files, render_conf
+    from policy_host.certs.nginxconf import cert_files, render_conf
+    from policy_host.read.config import load_config
 
     provider = load_config(config)
     socket_path = root / "gunicorn.sock"

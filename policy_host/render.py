@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .model import Policy
+from policy_host.model import Policy
 
 CRLF = "\r\n"
 

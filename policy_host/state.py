@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ProviderConfig
-from .errors import PolicyHostError
+from policy_host.errors import PolicyHostError
+from policy_host.read.config import ProviderConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from support.layout import EXAMPLES
 
-from policy_host.config import ProviderConfig, load_config
-from policy_host.snapshot import compile_snapshot
-from policy_host.web import create_app
+from policy_host.read.config import ProviderConfig, load_config
+from policy_host.serve.snapshot import compile_snapshot
+from policy_host.serve.web import create_app
 
 # Real DNS servers (knot + unbound) for the tests that need them.
 pytest_plugins = ["support.fixtures_dns"]

@@ -32,11 +32,11 @@ from support.applyenv import (
 )
 from support.dnsservers import DnsWorld, TsigKey
 
-from policy_host import apply as apply_mod
-from policy_host.apply import Environment, Report, apply_lock, run
-from policy_host.cli import main
-from policy_host.config import ProviderConfig
-from policy_host.publish import TsigKey as PublishKey
+from policy_host.cli.main import main
+from policy_host.publish import apply as apply_mod
+from policy_host.publish.apply import Environment, Report, apply_lock, run
+from policy_host.publish.update import TsigKey as PublishKey
+from policy_host.read.config import ProviderConfig
 from policy_host.render import render
 from policy_host.state import (
     ACTIVE,

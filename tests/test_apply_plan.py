@@ -10,11 +10,12 @@ from pathlib import Path
 import dns.update
 import pytest
 
-from policy_host import apply as apply_mod
-from policy_host.apply import Change, Environment, make_plan, run
-from policy_host.config import ApplySettings, DnsSettings, ProviderConfig, ServeSettings
 from policy_host.model import Policy, Tenant
-from policy_host.publish import TsigKey
+from policy_host.publish import apply as apply_mod
+from policy_host.publish.apply import Change, Environment, make_plan, run
+from policy_host.publish.update import TsigKey
+from policy_host.read.config import ApplySettings, DnsSettings, ProviderConfig, ServeSettings
+from policy_host.read.tenants import LoadResult
 from policy_host.render import fingerprint, render
 from policy_host.state import (
     ACTIVE,
@@ -29,7 +30,6 @@ from policy_host.state import (
     Record,
     new_id,
 )
-from policy_host.tenants import LoadResult
 
 NOW = 1_800_000_000.0
 DAY = 86400
@@ -286,7 +286,7 @@ def fake_config(tmp_path: Path) -> ProviderConfig:
 
 
 def fake_env(config: ProviderConfig, events: list[tuple[str, float]], **kw: object) -> Environment:
-    from policy_host.snapshot import compile_snapshot
+    from policy_host.serve.snapshot import compile_snapshot
 
     table: dict[str, bytes] = {}
 

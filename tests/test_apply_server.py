@@ -31,9 +31,9 @@ from support.applyenv import (
 from support.dnsservers import DnsWorld
 from support.procs import LOOPBACK, free_port, wait_until
 
-from policy_host.apply import fetch_policy, real_environment, run
 from policy_host.model import Policy
-from policy_host.publish import TxtChange, build_update, txt_value
+from policy_host.publish.apply import fetch_policy, real_environment, run
+from policy_host.publish.update import TxtChange, build_update, txt_value
 from policy_host.render import render
 from policy_host.state import published_ids, read_records
 

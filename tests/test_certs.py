@@ -18,14 +18,14 @@ from support.dnsservers import DnsWorld, Zone
 from support.procs import require_binary
 from support.tls import TestCA, make_ca
 
-from policy_host.certs import (
+from policy_host.certs.run import (
     AttemptLog,
     caa_problem,
     certbot_command,
     cname_problem,
     run_certs,
 )
-from policy_host.config import ProviderConfig, load_config
+from policy_host.read.config import ProviderConfig, load_config
 from policy_host.runner import DEFAULT_TIMEOUT, Result, run
 
 POLICY_HOST = "mta-sts.provider.example"

@@ -17,11 +17,11 @@ from support.procs import free_port
 from support.tls import make_ca
 
 from policy_host import state
-from policy_host.checkcmd import Progress
-from policy_host.cli import main
-from policy_host.config import ProviderConfig
-from policy_host.dnscheck import REASONS
+from policy_host.check.checks import REASONS
+from policy_host.cli.check import Progress
+from policy_host.cli.main import main
 from policy_host.model import Policy
+from policy_host.read.config import ProviderConfig
 from policy_host.render import render
 
 PUBLISHED = {"good.example": "id1", "stale.example": "id2", "testing.example": "id3"}

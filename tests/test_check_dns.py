@@ -18,11 +18,11 @@ import pytest
 from support.dnsservers import UnboundResolver, Zone, start_dns
 from support.fixtures_dns import require_dns_binaries
 
-from policy_host import dnscheck
-from policy_host.config import ProviderConfig, load_config
-from policy_host.dnscheck import CheckContext, TenantReport, check_all, run_checks
-from policy_host.dnsclient import DnsAnswer, DnsClient
+from policy_host.check import checks as dnscheck
+from policy_host.check.checks import CheckContext, TenantReport, check_all, run_checks
+from policy_host.check.dnsclient import DnsAnswer, DnsClient
 from policy_host.model import Policy, Tenant
+from policy_host.read.config import ProviderConfig, load_config
 
 PROVIDER = "provider.example"
 POLICY_HOST = f"mta-sts.{PROVIDER}"

@@ -10,11 +10,11 @@ from pathlib import Path
 import dns.rdata
 import pytest
 
-from policy_host.config import ProviderConfig, load_config
-from policy_host.dnscheck import CheckContext, check_tenant
-from policy_host.dnsclient import NODATA, NXDOMAIN, OK, DnsAnswer
-from policy_host.httpsfetch import FetchResult
+from policy_host.check.checks import CheckContext, check_tenant
+from policy_host.check.dnsclient import NODATA, NXDOMAIN, OK, DnsAnswer
+from policy_host.fetch import FetchResult
 from policy_host.model import Policy, Tenant
+from policy_host.read.config import ProviderConfig, load_config
 from policy_host.render import render
 
 POLICY = Policy("enforce", ("mx1.customer.example",), 604800)

@@ -21,11 +21,11 @@ from support.policyhttps import PolicyHttpsServer, Reply
 from support.procs import MissingBinaryError, require_binary
 from support.tls import TestCA, make_ca
 
-from policy_host.config import ProviderConfig, load_config
-from policy_host.dnscheck import CheckContext, TenantReport, check_https
-from policy_host.dnsclient import DnsAnswer
-from policy_host.httpsfetch import HttpsFetcher
+from policy_host.check.checks import CheckContext, TenantReport, check_https
+from policy_host.check.dnsclient import DnsAnswer
+from policy_host.fetch import HttpsFetcher
 from policy_host.model import Policy, Tenant
+from policy_host.read.config import ProviderConfig, load_config
 from policy_host.render import render
 
 POLICY = Policy("enforce", ("mx1.example.com", "*.mail.example.com"), 604800)

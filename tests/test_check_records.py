@@ -9,7 +9,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import pytest
 
-from policy_host.dnscheck import (
+from policy_host.check.checks import (
     REASONS,
     WARN,
     Reason,

@@ -25,9 +25,8 @@ import pytest
 from support.dnsservers import Zone, start_dns
 from support.fixtures_dns import require_dns_binaries
 
-from policy_host.config import ProviderConfig, load_config
-from policy_host.dnscheck import CheckContext, TenantReport, check_all
-from policy_host.dnsclient import (
+from policy_host.check.checks import CheckContext, TenantReport, check_all
+from policy_host.check.dnsclient import (
     CHANNELS,
     EDNS_PAYLOAD,
     LOOP,
@@ -43,6 +42,7 @@ from policy_host.dnsclient import (
     question_wire,
 )
 from policy_host.model import Policy, Tenant
+from policy_host.read.config import ProviderConfig, load_config
 
 Responder = Callable[[dns.message.Message], dns.message.Message | list[dns.message.Message] | None]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support.layout import EXAMPLES
 
-from policy_host.cli import main
+from policy_host.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

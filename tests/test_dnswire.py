@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_host import dnswire
-from policy_host.dnsclient import (
+from policy_host.check import wire as dnswire
+from policy_host.check.dnsclient import (
     ANSWERED,
     ERROR,
     LOOP,

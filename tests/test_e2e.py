@@ -39,7 +39,7 @@ from support.procs import wait_until
 from support.stack import ID_ZONE, Customer, MiniInternet
 from test_stack_certs import require_stack
 
-from policy_host.config import load_config
+from policy_host.read.config import load_config
 from policy_host.state import published_ids
 
 SENDER = ROOT / "tests" / "support" / "sts_sender.py"

@@ -94,7 +94,7 @@ def direct(front: Front, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 def direct_policies(server: Server) -> dict[str, bytes]:
-    from policy_host.snapshot import read_snapshot
+    from policy_host.serve.snapshot import read_snapshot
 
     snapshot = read_snapshot(server.site.snapshot)
     assert snapshot is not None

@@ -26,15 +26,15 @@ from support.layout import ROOT
 from support.procs import LOOPBACK, Daemon, free_port, port_open, wait_until
 from test_server_gunicorn import exchange, http_request
 
-from policy_host.config import load_config
 from policy_host.model import Policy
+from policy_host.read.config import load_config
+from policy_host.read.tenants import MAX_TENANT_BYTES, load_tenants
 from policy_host.render import render
-from policy_host.tenants import MAX_TENANT_BYTES, load_tenants
 
 CORPUS = ROOT / "tests" / "hostile"
 EXPECTED = CORPUS / "expected.txt"
 _SCRIPT = Path(sys.executable).with_name("policy-host")
-CLI = (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli")
+CLI = (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli.main")
 # Bounds for reading the whole corpus (it takes well under a second).
 TIME_LIMIT = 10.0
 MEMORY_LIMIT_MIB = 200

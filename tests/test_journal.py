@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.layout import GOLDEN
 
-from policy_host import snapshot as snap
-from policy_host import web
-from policy_host.config import ProviderConfig
 from policy_host.errors import PolicyHostError
-from policy_host.snapshot import (
+from policy_host.read.config import ProviderConfig
+from policy_host.serve import snapshot as snap
+from policy_host.serve import web
+from policy_host.serve.snapshot import (
     JOURNAL_NAME,
     Entry,
     Snapshot,

@@ -11,9 +11,9 @@ from support.nginx import NginxServer
 from support.procs import MissingBinaryError, require_binary
 from support.tls import make_ca
 
-from policy_host.config import DEFAULT_ACME_DIRECTORY, ProviderConfig, load_config
+from policy_host.certs.nginxconf import NginxError, cert_files, render_conf, sync
 from policy_host.errors import ConfigError
-from policy_host.nginxconf import NginxError, cert_files, render_conf, sync
+from policy_host.read.config import DEFAULT_ACME_DIRECTORY, ProviderConfig, load_config
 from policy_host.runner import run
 
 

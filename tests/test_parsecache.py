@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from policy_host import parsecache, tenants
-from policy_host.config import ProviderConfig, load_config
-from policy_host.tenants import LoadResult, load_tenants
+from policy_host.read import parsecache, tenants
+from policy_host.read.config import ProviderConfig, load_config
+from policy_host.read.tenants import LoadResult, load_tenants
 
 GOOD = "mode: enforce\nmx:\n  - mx1.{d}\nmax_age: 604800\n"
 # A warning (short max_age) and an error, so that problems are cached too.
@@ -308,7 +308,7 @@ def test_racily_clean_files_are_judged_from_when_the_scan_ahead_began(
 def test_a_scan_ahead_is_dropped_when_another_compile_ran_meanwhile(
     site: ProviderConfig, large: list[int], monkeypatch: pytest.MonkeyPatch, other_compile: bool
 ) -> None:
-    from policy_host.snapshot import compile_snapshot
+    from policy_host.serve.snapshot import compile_snapshot
 
     compile_snapshot(site, jobs=1)
     scan = tenants._scan

@@ -30,8 +30,8 @@ from support.strict_policy import MAX_AGE_LIMIT, parse_policy
 
 from policy_host.errors import Problem
 from policy_host.model import Policy, mx_pattern
+from policy_host.read.tenants import parse_tenant
 from policy_host.render import render
-from policy_host.tenants import parse_tenant
 
 DOMAIN = "t.example"
 PATH = Path("/srv/tenants/t.example.yaml")

@@ -13,7 +13,7 @@ import dns.rdtypes.ANY.TXT
 import dns.update
 import pytest
 
-from policy_host.publish import (
+from policy_host.publish.update import (
     KeyFileError,
     TsigKey,
     TxtChange,

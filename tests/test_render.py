@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from support.layout import GOLDEN
 
-from policy_host.config import ProviderConfig
 from policy_host.model import InvalidValue, Policy
+from policy_host.read.config import ProviderConfig
+from policy_host.read.tenants import load_tenants
 from policy_host.render import fingerprint, render
-from policy_host.tenants import load_tenants
 
 
 @pytest.mark.parametrize("domain", ["example.com", "example.net", "example.org"])

@@ -438,8 +438,8 @@ def test_the_nginx_config_keeps_its_limits() -> None:
 
 
 def test_the_gunicorn_limits_refuse_large_requests_early() -> None:
-    from policy_host.config import load_config
-    from policy_host.server import PolicyServer
+    from policy_host.read.config import load_config
+    from policy_host.serve.server import PolicyServer
 
     config = load_config(EXAMPLES / "config.yaml")
     options = PolicyServer(config, bind="127.0.0.1:1", workers=1, threads=1).options

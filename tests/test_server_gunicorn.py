@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from support.procs import Daemon, free_port, wait_until
 
-from policy_host.server import WATCH_INTERVAL
+from policy_host.serve.server import WATCH_INTERVAL
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLES = TESTS.parent / "examples"
@@ -37,7 +37,7 @@ IO_TIMEOUT = 3.0
 
 _SCRIPT = Path(sys.executable).with_name("policy-host")
 CLI: tuple[str, ...] = (
-    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli")
+    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli.main")
 )
 DOMAINS = tuple(
     sorted(path.name.removesuffix(".yaml") for path in (EXAMPLES / "tenants").glob("*.yaml"))

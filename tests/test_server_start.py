@@ -10,7 +10,7 @@ from pathlib import Path
 from support.procs import wait_until
 from test_server_gunicorn import make_site, serve
 
-from policy_host.config import load_config
+from policy_host.read.config import load_config
 
 
 def test_a_restart_serves_at_once_and_catches_up_with_the_files(tmp_path: Path) -> None:

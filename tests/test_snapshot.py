@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from support.layout import GOLDEN
 
-from policy_host.config import ProviderConfig
 from policy_host.errors import PolicyHostError
-from policy_host.snapshot import compile_snapshot, read_served, read_snapshot
+from policy_host.read.config import ProviderConfig
+from policy_host.serve.snapshot import compile_snapshot, read_served, read_snapshot
 
 
 def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
@@ -95,7 +95,7 @@ def test_unreadable_tenants_folder_keeps_every_policy(config: ProviderConfig) ->
 def test_worker_retries_a_snapshot_it_could_not_read(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from policy_host import web
+    from policy_host.serve import web
 
     compile_snapshot(config)
     table = web.PolicyTable({}, config.snapshot_path)
@@ -120,7 +120,7 @@ def test_worker_retries_a_snapshot_it_could_not_read(
 def test_what_is_served_is_read_once_per_snapshot_file(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from policy_host import snapshot as snap
+    from policy_host.serve import snapshot as snap
 
     written = compile_snapshot(config)[0]
     reads: list[Path] = []
@@ -151,8 +151,9 @@ def test_what_is_served_is_read_once_per_snapshot_file(
 def test_the_master_keeps_nothing_from_its_compile(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from policy_host import parsecache, server
-    from policy_host import snapshot as snap
+    from policy_host.read import parsecache
+    from policy_host.serve import server
+    from policy_host.serve import snapshot as snap
 
     monkeypatch.setattr(parsecache, "RACY_SECONDS", 0.0)  # cache files made just now
     compile_snapshot(config)
@@ -172,7 +173,8 @@ def test_reload_reports_a_tenant_served_from_the_apply_state_as_kept(
     capsys: pytest.CaptureFixture[str],
     dry_run: bool,
 ) -> None:
-    from policy_host import cli, server
+    from policy_host.cli import main as cli
+    from policy_host.serve import server
     from policy_host.state import NEW, WITHDRAW, Pending, Store
 
     body = (GOLDEN / "example.org.txt").read_bytes()

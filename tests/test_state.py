@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_host.config import ProviderConfig, ServeSettings
+from policy_host.read.config import ProviderConfig, ServeSettings
 from policy_host.state import (
     ACTIVE,
     CHANGE,

@@ -1,4 +1,4 @@
-"""The policy files nginx serves by itself (``policy_host.static``): written
+"""The policy files nginx serves by itself (``policy_host.serve.files``): written
 by every compile, atomically, only what changed, and repaired after a run
 that died half way."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from support.layout import GOLDEN
 
-from policy_host import static
-from policy_host.config import ProviderConfig
 from policy_host.errors import PolicyHostError
-from policy_host.snapshot import compile_snapshot
+from policy_host.read.config import ProviderConfig
+from policy_host.serve import files as static
+from policy_host.serve.snapshot import compile_snapshot
 
 HOSTS = ("mta-sts.example.com", "mta-sts.example.net", "mta-sts.example.org")
 

@@ -24,7 +24,7 @@ from support.nginx import NginxServer
 from support.procs import Daemon, MissingBinaryError, require_binary
 from support.stack import CLI
 
-from policy_host.static import TMP
+from policy_host.serve.files import TMP
 
 HOST = "mta-sts.example.com"
 PORT = 8081

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policy_host.config import load_config
 from policy_host.errors import Severity
-from policy_host.tenants import load_tenants
+from policy_host.read.config import load_config
+from policy_host.read.tenants import load_tenants
 
 Write = Callable[[str, str | bytes], Path]
 

@@ -6,7 +6,7 @@ import pytest
 from flask.testing import FlaskClient
 from support.layout import GOLDEN
 
-from policy_host.web import create_app, normalise_host
+from policy_host.serve.web import create_app, normalise_host
 
 PATH = "/.well-known/mta-sts.txt"
 ALL_DOMAINS = ("example.com", "example.net", "example.org")

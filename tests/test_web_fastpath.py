@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from policy_host import model
 from policy_host.model import InvalidValue, hostname
-from policy_host.web import PolicyFastPath, create_app
+from policy_host.serve.web import PolicyFastPath, create_app
 
 POLICIES = {
     "mta-sts.example.com": (

@@ -14,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from policy_host.apply import real_environment, run
-from policy_host.config import load_config
+from policy_host.publish.apply import real_environment, run
+from policy_host.read.config import load_config
 
 
 def main(argv: list[str]) -> int:

@@ -19,10 +19,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from policy_host import apply_cli
-from policy_host.apply import Environment
-from policy_host.cli import main
-from policy_host.config import ProviderConfig
+from policy_host.cli import apply as apply_cli
+from policy_host.cli.main import main
+from policy_host.publish.apply import Environment
+from policy_host.read.config import ProviderConfig
 
 # Run as a script: tests/ is not on the path of its own.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

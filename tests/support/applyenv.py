@@ -15,10 +15,10 @@ from pathlib import Path
 
 import dns.rdatatype
 
-from policy_host.apply import Environment
-from policy_host.config import ProviderConfig, load_config
-from policy_host.publish import Primary, TsigKey, load_tsig_key
-from policy_host.snapshot import compile_snapshot
+from policy_host.publish.apply import Environment
+from policy_host.publish.update import Primary, TsigKey, load_tsig_key
+from policy_host.read.config import ProviderConfig, load_config
+from policy_host.serve.snapshot import compile_snapshot
 
 from .dnsservers import KnotServer, query
 from .dnsservers import TsigKey as HarnessKey
@@ -30,7 +30,7 @@ POLICY_PATH = "/.well-known/mta-sts.txt"
 
 _SCRIPT = Path(sys.executable).with_name("policy-host")
 CLI: tuple[str, ...] = (
-    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli")
+    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli.main")
 )
 
 ENFORCE = """\

@@ -49,7 +49,7 @@ def main(log: str, argv: list[str]) -> int:
             os.write(fd, line.encode("utf-8", "backslashreplace")[:4000])
 
     sys.addaudithook(hook)
-    from policy_host.cli import main as policy_host
+    from policy_host.cli.main import main as policy_host
 
     return policy_host(argv)
 

@@ -68,7 +68,7 @@ ID_ZONE = f"_mta-sts.{PROVIDER_ZONE}"
 COMMAND_TIMEOUT = 120.0
 _SCRIPT = Path(sys.executable).with_name("policy-host")
 CLI: tuple[str, ...] = (
-    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli")
+    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "policy_host.cli.main")
 )
 
 

@@ -35,8 +35,8 @@ import dns.rrset
 import dns.tsig
 import dns.update
 
-from .config import TSIG_ALGORITHMS, ProviderConfig
-from .errors import PolicyHostError
+from policy_host.errors import PolicyHostError
+from policy_host.read.config import TSIG_ALGORITHMS, ProviderConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,18 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from . import __version__
-from .config import CONFIG_ENV, DEFAULT_CONFIG, ProviderConfig, config_path, load_config, parse_bind
-from .errors import ConfigError, PolicyHostError, Problem
-from .model import InvalidValue, hostname
-from .render import render
-from .snapshot import read_snapshot
-from .tenants import (
+from policy_host import __version__
+from policy_host.errors import ConfigError, PolicyHostError, Problem
+from policy_host.model import InvalidValue, hostname
+from policy_host.read.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    ProviderConfig,
+    config_path,
+    load_config,
+    parse_bind,
+)
+from policy_host.read.tenants import (
     MAX_TENANT_BYTES,
     SUFFIX,
     default_jobs,
@@ -30,7 +35,9 @@ from .tenants import (
     load_tenants,
     parse_tenant,
 )
-from .yamlfile import read_limited
+from policy_host.read.yamlfile import read_limited
+from policy_host.render import render
+from policy_host.serve.snapshot import read_snapshot
 
 log = logging.getLogger("policy_host")
 
@@ -83,7 +90,7 @@ def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from .server import PolicyServer  # gunicorn is only needed here
+    from policy_host.serve.server import PolicyServer  # gunicorn is only needed here
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
     server = PolicyServer(
@@ -98,9 +105,9 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from .server import WATCH_INTERVAL, go_live, running_pid
-    from .snapshot import HOST_PREFIX, merge, served_from_state, served_policies
-    from .tenants import scan_ahead
+    from policy_host.read.tenants import scan_ahead
+    from policy_host.serve.server import WATCH_INTERVAL, go_live, running_pid
+    from policy_host.serve.snapshot import HOST_PREFIX, merge, served_from_state, served_policies
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
     if not args.dry_run:
@@ -196,7 +203,7 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
         print(f"{name:<{width}}  3600  IN  {rtype}  {value}")
     print()
     print("; Record in the provider zone (policy-host apply publishes and rotates it):")
-    from .state import published_ids
+    from policy_host.state import published_ids
 
     policy_id = published_ids(config).get(domain, "<not published yet>")
     print(f'{txt_name}  {config.dns.txt_ttl}  IN  TXT  "v=STSv1; id={policy_id};"')
@@ -300,16 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_show)
 
-    from . import apply_cli  # apply and zone: rotate and publish policy ids
+    from policy_host.cli import apply as apply_cli  # apply and zone: rotate and publish policy ids
 
     apply_cli.register(sub, common)
 
-    from . import certs, nginxconf  # production stack: certificates and nginx
+    from policy_host.certs import nginxconf  # production stack: certificates and nginx
+    from policy_host.certs import run as certs
 
     certs.register(sub, common)
     nginxconf.register(sub, common)
 
-    from . import checkcmd  # check: each customer's DNS and HTTPS vs what is served
+    from policy_host.cli import (
+        check as checkcmd,  # check: each customer's DNS and HTTPS vs what is served
+    )
 
     checkcmd.register(sub, common)
     return parser

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fileio import fsync_dir, replace_file
+from policy_host.fileio import fsync_dir, replace_file
 
 log = logging.getLogger(__name__)
 

@@ -40,19 +40,19 @@ import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.A
 
-from . import dnsclient
-from .config import ProviderConfig
-from .dnsclient import DnsAnswer, Lookup
-from .errors import Severity
-from .httpsfetch import FetchResult
-from .model import (
+from policy_host.check import dnsclient
+from policy_host.check.dnsclient import DnsAnswer, Lookup
+from policy_host.errors import Severity
+from policy_host.fetch import FetchResult
+from policy_host.model import (
     TLSRPT_PREFIX,
     InvalidValue,
     Tenant,
     check_rua,
     mx_matches,
 )
-from .render import render
+from policy_host.read.config import ProviderConfig
+from policy_host.render import render
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import MAX_POLICY_BYTES
+from policy_host.model import MAX_POLICY_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .apply import VALIDATE, Change, Report, iso, real_environment, run
-from .config import ProviderConfig
-from .publish import record_name, txt_rdata, txt_value
-from .state import ACTIVE, DELETE, NEW, WITHDRAW, WITHDRAWING, read_records
+from policy_host.publish.apply import VALIDATE, Change, Report, iso, real_environment, run
+from policy_host.publish.update import record_name, txt_rdata, txt_value
+from policy_host.read.config import ProviderConfig
+from policy_host.state import ACTIVE, DELETE, NEW, WITHDRAW, WITHDRAWING, read_records
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1

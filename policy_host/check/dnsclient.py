@@ -40,7 +40,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.resolver
 
-from . import dnswire
+from policy_host.check import wire as dnswire
 
 log = logging.getLogger(__name__)
 

@@ -40,12 +40,10 @@ from typing import Protocol
 
 import dns.update
 
-from .config import ProviderConfig
-from .errors import PolicyHostError, Problem
-from .httpsfetch import POLICY_PATH
-from .model import Policy, Tenant
-from .parsecache import gc_paused
-from .publish import (
+from policy_host.errors import PolicyHostError, Problem
+from policy_host.fetch import POLICY_PATH
+from policy_host.model import Policy, Tenant
+from policy_host.publish.update import (
     KeyFileError,
     Primary,
     PublishError,
@@ -58,9 +56,12 @@ from .publish import (
     txt_value,
     update_text,
 )
-from .render import fingerprint, render
-from .snapshot import HOST_PREFIX, merge, served_policies
-from .state import (
+from policy_host.read.config import ProviderConfig
+from policy_host.read.parsecache import gc_paused
+from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
+from policy_host.render import fingerprint, render
+from policy_host.serve.snapshot import HOST_PREFIX, merge, served_policies
+from policy_host.state import (
     ACTIVE,
     CHANGE,
     DELETE,
@@ -78,7 +79,6 @@ from .state import (
     new_id,
     read_records,
 )
-from .tenants import LoadResult, default_jobs, load_tenants
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class Environment:
 
 def real_environment(config: ProviderConfig) -> Environment:
     """The production environment: the running server, HTTP, the primary."""
-    from .server import WATCH_INTERVAL, go_live, running_pid
+    from policy_host.serve.server import WATCH_INTERVAL, go_live, running_pid
 
     dns_client: DnsClient | None = None
     if config.dns.primary is not None:

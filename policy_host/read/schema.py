@@ -11,8 +11,8 @@ import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import Problem, Severity
-from .yamlfile import Node
+from policy_host.errors import Problem, Severity
+from policy_host.read.yamlfile import Node
 
 
 def _shown(value: object) -> str:

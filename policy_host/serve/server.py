@@ -21,11 +21,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from .config import ProviderConfig, load_config
-from .errors import PolicyHostError, ServerError
-from .snapshot import Snapshot, compile_snapshot, forget_cached
-from .tenants import LoadResult, default_jobs
-from .web import create_app
+from policy_host.errors import PolicyHostError, ServerError
+from policy_host.read.config import ProviderConfig, load_config
+from policy_host.read.tenants import LoadResult, default_jobs
+from policy_host.serve.snapshot import Snapshot, compile_snapshot, forget_cached
+from policy_host.serve.web import create_app
 
 log = logging.getLogger(__name__)
 

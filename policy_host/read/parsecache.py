@@ -41,9 +41,9 @@ from typing import Any
 import idna
 import yaml
 
-from .errors import Problem, Severity
-from .fileio import replace_file
-from .model import Policy, Tenant
+from policy_host.errors import Problem, Severity
+from policy_host.fileio import replace_file
+from policy_host.model import Policy, Tenant
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from .config import ProviderConfig, parse_server
-from .model import InvalidValue, hostname
+from policy_host.model import InvalidValue, hostname
+from policy_host.read.config import ProviderConfig, parse_server
 
 if TYPE_CHECKING:
-    from .dnscheck import TenantReport
+    from policy_host.check.checks import TenantReport
 
 # As in cli: 0 nothing failed, 1 a tenant failed, 2 usage or config error.
 EXIT_OK = 0
@@ -162,10 +162,11 @@ class Progress:
 
 
 def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from . import dnscheck, dnsclient
-    from .httpsfetch import HttpsFetcher
-    from .state import published_ids
-    from .tenants import default_jobs, load_tenants
+    from policy_host.check import checks as dnscheck
+    from policy_host.check import dnsclient
+    from policy_host.fetch import HttpsFetcher
+    from policy_host.read.tenants import default_jobs, load_tenants
+    from policy_host.state import published_ids
 
     if (args.connect or args.ca_file) and not args.https:
         return _usage("--connect and --ca-file only make sense with --https")

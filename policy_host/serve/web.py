@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .config import config_path, load_config
-from .errors import PolicyHostError
-from .fileio import Identity, identity_if_readable
-from .snapshot import (
+from policy_host.errors import PolicyHostError
+from policy_host.fileio import Identity, identity_if_readable
+from policy_host.read.config import config_path, load_config
+from policy_host.serve.snapshot import (
     JOURNAL_NAME,
     Journal,
     compile_snapshot,

@@ -32,14 +32,15 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import parsecache, static
-from .config import ProviderConfig
-from .errors import PolicyHostError
-from .fileio import Identity, file_identity, replace_file
-from .parsecache import gc_paused
-from .render import fingerprint, render
-from .state import fallback_policies
-from .tenants import LoadResult, load_tenants
+from policy_host.errors import PolicyHostError
+from policy_host.fileio import Identity, file_identity, replace_file
+from policy_host.read import parsecache
+from policy_host.read.config import ProviderConfig
+from policy_host.read.parsecache import gc_paused
+from policy_host.read.tenants import LoadResult, load_tenants
+from policy_host.render import fingerprint, render
+from policy_host.serve import files as static
+from policy_host.state import fallback_policies
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import Problem
+from policy_host.errors import Problem
 
 try:  # libyaml is 5-6x faster; the pure-Python parser accepts the same input.
     from yaml import CSafeLoader as _Loader

@@ -19,11 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ProviderConfig
-from .errors import Problem, Severity
-from .fileio import Identity as FileIdentity
-from .fileio import identity_if_readable
-from .model import (
+from policy_host.errors import Problem, Severity
+from policy_host.fileio import Identity as FileIdentity
+from policy_host.fileio import identity_if_readable
+from policy_host.model import (
     MAX_AGE_ENFORCE_RECOMMENDED,
     MAX_AGE_LIMIT,
     MAX_AGE_WARN_BELOW,
@@ -38,7 +37,8 @@ from .model import (
     hostname,
     mx_pattern,
 )
-from .parsecache import (
+from policy_host.read.config import ProviderConfig
+from policy_host.read.parsecache import (
     Identity,
     Outcome,
     ParseCache,
@@ -48,9 +48,9 @@ from .parsecache import (
     restore_problems,
     restore_tenant,
 )
-from .render import render
-from .schema import Fields
-from .yamlfile import parse_mapping, read_limited
+from policy_host.read.schema import Fields
+from policy_host.read.yamlfile import parse_mapping, read_limited
+from policy_host.render import render
 
 log = logging.getLogger(__name__)
 

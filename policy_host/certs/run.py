@@ -40,11 +40,18 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from .config import ProviderConfig
-from .errors import PolicyHostError
-from .model import POLICY_HOST_PREFIX, InvalidValue, hostname
-from .nginxconf import cert_files, hosted_domains, locked, policy_host_name, report, sync
-from .runner import Runner, run
+from policy_host.certs.nginxconf import (
+    cert_files,
+    hosted_domains,
+    locked,
+    policy_host_name,
+    report,
+    sync,
+)
+from policy_host.errors import PolicyHostError
+from policy_host.model import POLICY_HOST_PREFIX, InvalidValue, hostname
+from policy_host.read.config import ProviderConfig
+from policy_host.runner import Runner, run
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, Problem
-from .model import InvalidValue, hostname
-from .schema import Fields
-from .yamlfile import parse_mapping, read_limited
+from policy_host.errors import ConfigError, Problem
+from policy_host.model import InvalidValue, hostname
+from policy_host.read.schema import Fields
+from policy_host.read.yamlfile import parse_mapping, read_limited
 
 DEFAULT_CONFIG = Path("/etc/policy-host/config.yaml")
 CONFIG_ENV = "POLICY_HOST_CONFIG"

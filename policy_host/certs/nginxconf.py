@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .config import AcmeSettings, ProviderConfig
-from .errors import PolicyHostError
-from .fileio import replace_file
-from .model import POLICY_HOST_PREFIX
-from .runner import Runner, run
-from .snapshot import read_snapshot
-from .state import fallback_policies
-from .tenants import load_tenants
+from policy_host.errors import PolicyHostError
+from policy_host.fileio import replace_file
+from policy_host.model import POLICY_HOST_PREFIX
+from policy_host.read.config import AcmeSettings, ProviderConfig
+from policy_host.read.tenants import load_tenants
+from policy_host.runner import Runner, run
+from policy_host.serve.snapshot import read_snapshot
+from policy_host.state import fallback_policies
 
 log = logging.getLogger(__name__)
 

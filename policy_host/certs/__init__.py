@@ -1,0 +1,1 @@
+"""Certificates: certbot runs and nginx's per-customer server blocks."""

@@ -1,0 +1,2 @@
+"""Checking customers: the DNS client and wire reading, the checks,
+reason codes and the parallel runner."""

@@ -1,0 +1,1 @@
+"""Publishing: the apply planner and executor, and the DNS UPDATE client."""

@@ -1,8 +1,0 @@
-"""Entry point for WSGI servers: ``gunicorn policy_host.wsgi:app``.
-
-Reads the provider config from ``$POLICY_HOST_CONFIG`` (or the default).
-"""
-
-from .web import create_app
-
-app = create_app(watch_interval=0.5)
