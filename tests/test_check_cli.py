@@ -18,8 +18,8 @@ from support.tls import make_ca
 
 from policy_host import state
 from policy_host.check.checks import REASONS
-from policy_host.cli.check import Progress
 from policy_host.cli.main import main
+from policy_host.cli.output import Progress
 from policy_host.model import Policy
 from policy_host.read.config import ProviderConfig
 from policy_host.render import render
@@ -258,16 +258,16 @@ class Terminal(io.StringIO):
 
 def test_progress_only_on_a_terminal_and_for_large_runs() -> None:
     quiet = io.StringIO()
-    Progress(quiet, 100)(50, 100)
+    Progress(quiet, 100, noun="tenants").step("checking", 50, 100)
     assert quiet.getvalue() == ""
     small = Terminal()
-    Progress(small, 3)(1, 3)
+    Progress(small, 3, noun="tenants").step("checking", 1, 3)
     assert small.getvalue() == ""
     screen = Terminal()
-    progress = Progress(screen, 100)
-    progress(1, 100)
-    progress(2, 100)  # too soon after the first: not drawn
-    progress(100, 100)
+    progress = Progress(screen, 100, noun="tenants")
+    progress.step("checking", 1, 100)
+    progress.step("checking", 2, 100)  # too soon after the first: not drawn
+    progress.step("checking", 100, 100)
     progress.finish()
     assert screen.getvalue() == (
         "\rchecking: 1/100 tenants (1%)\rchecking: 100/100 tenants (100%)\r\x1b[K"

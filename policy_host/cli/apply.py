@@ -13,16 +13,17 @@ import json
 import sys
 from typing import Any, TextIO
 
+from policy_host.cli.output import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    PROGRESS_FROM,
+    Progress,
+)
 from policy_host.publish.apply import VALIDATE, Change, Report, iso, real_environment, run
 from policy_host.publish.update import record_name, txt_rdata, txt_value
 from policy_host.read.config import ProviderConfig
 from policy_host.state import ACTIVE, DELETE, NEW, WITHDRAW, WITHDRAWING, read_records
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_FAILURE = 3
-# Show progress on a terminal from this many items on.
-PROGRESS_FROM = 20
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -56,18 +57,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_zone)
 
 
-def _progress(step: str, done: int, total: int) -> None:
-    if total < PROGRESS_FROM:
-        return
-    end = "\n" if done == total else ""
-    print(f"\r{step}: {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-
 def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
     env = real_environment(config)
-    if sys.stderr.isatty() and not args.json:
-        env.progress = _progress
-    report = run(config, env, dry_run=args.dry_run)
+    progress = Progress(sys.stderr, PROGRESS_FROM if not args.json else 0)
+    env.progress = progress.step
+    try:
+        report = run(config, env, dry_run=args.dry_run)
+    finally:
+        progress.finish()
     if args.json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         print()

@@ -14,22 +14,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
+from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Progress
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig, parse_server
 
 if TYPE_CHECKING:
     from policy_host.check.checks import TenantReport
 
-# As in cli: 0 nothing failed, 1 a tenant failed, 2 usage or config error.
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
-
-# Runs this large show progress on a terminal.
-PROGRESS_MIN_TENANTS = 20
-PROGRESS_INTERVAL = 0.2
 STATUS_ORDER = {"fail": 0, "warn": 1, "ok": 2}
 
 DESCRIPTION = """\
@@ -137,30 +130,6 @@ def register(
     p.set_defaults(handler=cmd_check)
 
 
-class Progress:
-    """``checked N/M`` on stderr, only when it is a terminal and the run is large."""
-
-    def __init__(self, stream: TextIO, total: int) -> None:
-        self.stream = stream
-        self.enabled = total >= PROGRESS_MIN_TENANTS and stream.isatty()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if done < total and now - self.last < PROGRESS_INTERVAL:
-            return
-        self.last = now
-        self.stream.write(f"\rchecking: {done}/{total} tenants ({100 * done // total}%)")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
 def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.check import checks as dnscheck
     from policy_host.check import dnsclient
@@ -208,11 +177,15 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     ctx = dnscheck.CheckContext(
         config=config, lookup=client, expected_ids=published_ids(config), fetcher=fetcher
     )
-    progress = Progress(sys.stderr, len(tenants))
+    progress = Progress(sys.stderr, len(tenants), noun="tenants")
     started = time.monotonic()
     try:
         reports = dnscheck.run_checks(
-            ctx, tenants, workers=concurrency, progress=progress, processes=jobs
+            ctx,
+            tenants,
+            workers=concurrency,
+            progress=lambda done, total: progress.step("checking", done, total),
+            processes=jobs,
         )
     finally:
         progress.finish()

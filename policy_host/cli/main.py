@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from policy_host import __version__
+from policy_host.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.errors import ConfigError, PolicyHostError, Problem
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import (
@@ -41,10 +42,6 @@ from policy_host.serve.snapshot import read_snapshot
 
 log = logging.getLogger("policy_host")
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
-EXIT_FAILURE = 3
 
 Handler = Callable[[argparse.Namespace, ProviderConfig], int]
 
