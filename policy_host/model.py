@@ -178,13 +178,34 @@ class Policy:
     max_age: int
 
     def __post_init__(self) -> None:
-        # The one place that guards the invariants, whoever builds a Policy.
+        # The one place that guards the invariants, whoever builds a Policy
+        # (a tenant file, the parse cache, a withdrawal): what renders is
+        # always a valid RFC 8461 section 3.2 policy.
         if self.mode not in MODES:
             raise InvalidValue(f"mode: expected one of {', '.join(MODES)} (got {self.mode!r})")
+        if not isinstance(self.mx, tuple):
+            raise InvalidValue(f"mx: expected a tuple of patterns (got {type(self.mx).__name__})")
+        for pattern in self.mx:
+            if not _is_canonical_pattern(pattern):
+                raise InvalidValue(f"mx: {pattern!r} is not an mx pattern in A-label form")
         if not self.mx and self.mode != "none":
             raise InvalidValue(f"mx: at least one pattern is required in mode {self.mode}")
-        if isinstance(self.max_age, bool) or not 0 <= self.max_age <= MAX_AGE_LIMIT:
-            raise InvalidValue(f"max_age: expected 0..{MAX_AGE_LIMIT} (got {self.max_age})")
+        # bool is an int subclass and a float renders as '1.5': neither is a max_age.
+        if type(self.max_age) is not int or not 0 <= self.max_age <= MAX_AGE_LIMIT:
+            raise InvalidValue(f"max_age: expected 0..{MAX_AGE_LIMIT} (got {self.max_age!r})")
+
+
+def _is_canonical_pattern(pattern: object) -> bool:
+    """Is ``pattern`` exactly what ``mx_pattern`` makes of itself?"""
+    if not isinstance(pattern, str):
+        return False
+    base = pattern[2:] if pattern.startswith("*.") else pattern
+    if len(base) <= MAX_NAME_LENGTH and "--" not in base and _PLAIN_NAME.match(base):
+        return not base[base.rfind(".") + 1 :].isdigit()
+    try:
+        return mx_pattern(pattern).ascii == pattern
+    except InvalidValue:
+        return False
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,18 @@ def test_mx_order_is_kept_as_written() -> None:
         ("enforce", (), 86400, "mx: at least one pattern"),
         ("testing", ("a.example.com",), -1, "max_age: expected 0..31557600"),
         ("testing", ("a.example.com",), 31557601, "max_age: expected 0..31557600"),
+        ("enforce", ("not a host!",), 86400, "mx: 'not a host!' is not an mx pattern"),
+        ("enforce", ("Mail.Example.COM",), 86400, "is not an mx pattern in A-label form"),
+        ("enforce", ("mx.bücher.de",), 86400, "is not an mx pattern in A-label form"),
+        ("enforce", ("*.*.example.com",), 86400, "is not an mx pattern"),
+        ("enforce", ("mail.example.com.",), 86400, "is not an mx pattern"),
+        ("enforce", ("mx.example.123",), 86400, "is not an mx pattern"),
+        ("enforce", (42,), 86400, "is not an mx pattern"),
+        ("enforce", ["a.example.com"], 86400, "mx: expected a tuple of patterns"),
+        ("enforce", ("a.example.com",), 1.5, "max_age: expected 0..31557600 .got 1.5"),
+        ("enforce", ("a.example.com",), 86400.0, "max_age: expected 0..31557600"),
+        ("enforce", ("a.example.com",), True, "max_age: expected 0..31557600 .got True"),
+        ("enforce", ("a.example.com",), "86400", "max_age: expected 0..31557600"),
     ],
 )
 def test_policy_refuses_invalid_fields(
@@ -62,6 +74,18 @@ def test_policy_refuses_invalid_fields(
 ) -> None:
     with pytest.raises(InvalidValue, match=message):
         Policy(mode, mx, max_age)
+
+
+@pytest.mark.parametrize(
+    "mx",
+    [
+        ("a.example.com",),
+        ("*.example.com", "mx.xn--bcher-kva.de", "*.mail.protection.outlook.com"),
+        ("123.example.com", "a-b.example.com"),
+    ],
+)
+def test_policy_takes_patterns_in_their_final_form(mx: tuple[str, ...]) -> None:
+    assert Policy("enforce", mx, 86400).mx == mx
 
 
 def test_policy_none_needs_no_mx() -> None:
