@@ -1,7 +1,7 @@
 """A fresh server to install on, inside this machine, touching none of it.
 
 ``Machine`` holds a mount namespace of its own (one ``unshare`` process)
-in which /etc, /var, /opt and /run are copy-on-write overlays whose
+in which /etc, /var, /opt, /run and /usr/local are copy-on-write overlays whose
 changes live on a private tmpfs: an installer run there sees this
 machine's Debian packages and writes its users, config, units and state as
 on a real server, and all of it disappears with the namespace. Commands
@@ -36,7 +36,7 @@ from .procs import DaemonError, Managed, require_binary, wait_until
 __all__ = ["OVERLAID", "Machine", "UnitSandbox"]
 
 #: The trees an install writes to; each is an overlay in the machine.
-OVERLAID = ("/etc", "/var", "/opt", "/run")
+OVERLAID = ("/etc", "/var", "/opt", "/run", "/usr/local")
 #: A root login's environment on a fresh server.
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -44,6 +44,11 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
 }
 COMMAND_TIMEOUT = 180.0
+# Kernel file systems: left as they are (systemd has its own rules for them).
+_KERNEL_FS = (
+    "proc|sysfs|nsfs|devtmpfs|devpts|mqueue|cgroup2?|securityfs|debugfs|tracefs|bpf|"
+    "pstore|configfs|fusectl|hugetlbfs|binfmt_misc|autofs"
+)
 
 
 def _setup_script(scratch: str) -> str:
@@ -176,10 +181,16 @@ class UnitSandbox:
             lines.append(f"mount --bind {q(path)} {q(path)}")
         if self.protect_system == "strict":
             keep = " ".join(q(p) for p in self.writable)
+            # Every visible mount but those: one hidden under a later mount
+            # (an overlay over its parent) is out of reach and stays as it is.
             lines += [
-                "awk '$3 !~ /^(proc|sysfs|nsfs|devtmpfs|devpts|mqueue|cgroup2?|securityfs|"
-                "debugfs|tracefs|bpf|pstore|configfs|fusectl|hugetlbfs|binfmt_misc|autofs)$/ "
-                "{print $2}' /proc/self/mounts | sort -u | while read -r m; do",
+                'awk \'{ n++; p[n] = $5; for (k = 7; k <= NF; k++) if ($k == "-") break;'
+                " t[n] = $(k + 1) }",
+                " END { for (i = 1; i <= n; i++) { hidden = 0;",
+                "   for (j = i + 1; j <= n; j++)",
+                '     if (p[j] == p[i] || index(p[i], p[j] "/") == 1) { hidden = 1; break }',
+                f"   if (!hidden && t[i] !~ /^({_KERNEL_FS})$/) print p[i] }} }}'"
+                " /proc/self/mountinfo | while read -r m; do",
                 f'  case " {keep} " in *" $m "*) continue;; esac',
                 '  case "$m" in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*|*\\\\*) continue;; esac',
                 '  mount -o remount,bind,ro "$m"',
