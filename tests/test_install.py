@@ -222,6 +222,17 @@ def from_app(world: World, host: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def on_port_80(host: str, path: str) -> tuple[int, str | None]:
+    conn = http.client.HTTPConnection(LOOPBACK, 80, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Location")
+    finally:
+        conn.close()
+
+
 def sender(world: World, root_ca: Path, *domains: str) -> dict[str, dict[str, object]]:
     """What postfix-mta-sts-resolver finds for each ``DOMAIN[=KNOWN_ID]``."""
     argv = private_resolv_conf(world.resolv_conf, [sys.executable, str(SENDER), *domains])
@@ -305,6 +316,14 @@ def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
             "policy-host",
             *("check", "--https", "--ca-file", "/etc/policy-host/sender-root.pem", CUSTOMER),
             user=True,
+        )
+
+        # Port 80 as README says: ACME challenges from the webroot, a 301 to
+        # https for anything else.
+        assert on_port_80(f"mta-sts.{CUSTOMER}", "/.well-known/acme-challenge/none") == (404, None)
+        assert on_port_80(f"mta-sts.{CUSTOMER}", "/.well-known/mta-sts.txt") == (
+            301,
+            f"https://mta-sts.{CUSTOMER}/.well-known/mta-sts.txt",
         )
 
         # 3. apply as root: refused, with a message; nothing changed.
