@@ -119,6 +119,7 @@ def test_the_generator_refuses_anything_but_a_plain_host_name(
 def test_acme_and_nginx_sections_have_defaults_in_one_place(config: ProviderConfig) -> None:
     assert config.acme.directory == DEFAULT_ACME_DIRECTORY
     assert config.acme.email is None
+    assert config.acme.ca_bundle is None  # the system's store
     assert config.nginx.test_command == ("nginx", "-t", "-q")
     assert config.nginx.reload_command == ("systemctl", "reload", "nginx")
 
@@ -128,12 +129,13 @@ def test_acme_section_is_read_and_checked(empty_tree: Path) -> None:
     base = path.read_text()
     path.write_text(
         base + "acme:\n  directory: https://127.0.0.1:14000/dir\n  email: ops@provider.example\n"
-        "  webroot: acme\n  orders_per_hour: 5\n  backoff: 600\n"
+        "  ca_bundle: acme-ca.pem\n  webroot: acme\n  orders_per_hour: 5\n  backoff: 600\n"
         "nginx:\n  test_command: /usr/sbin/nginx -t -q -c '/etc/nginx/my conf'\n"
     )
     config = load_config(path)
     assert config.acme.email == "ops@provider.example"
     assert config.acme.webroot == empty_tree / "acme"
+    assert config.acme.ca_bundle == empty_tree / "acme-ca.pem"
     assert (config.acme.orders_per_hour, config.acme.backoff) == (5, 600)
     assert config.nginx.test_command[-1] == "/etc/nginx/my conf"
     path.write_text(

@@ -18,6 +18,7 @@ from typing import TextIO
 
 from policy_host import __version__
 from policy_host.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from policy_host.cli.owner import refusal
 from policy_host.errors import ConfigError, PolicyHostError, Problem
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import (
@@ -350,6 +351,10 @@ def _main(argv: Sequence[str] | None) -> int:
     path = config_path(getattr(args, "config", None))
     try:
         config = load_config(path)
+        refused = refusal(args.command, config.state_dir, dry_run=getattr(args, "dry_run", False))
+        if refused is not None:
+            print(refused, file=sys.stderr)
+            return EXIT_USAGE
         handler: Handler = args.handler
         return handler(args, config)
     except ConfigError as exc:

@@ -91,6 +91,9 @@ class AcmeSettings:
     """How `certs` runs certbot (one certificate per mta-sts.<domain>)."""
 
     directory: str = DEFAULT_ACME_DIRECTORY
+    # PEM bundle of the CA(s) to trust for the ACME server's own HTTPS
+    # listener (a private or test CA); None: the system's store.
+    ca_bundle: Path | None = None
     # Account contact; None registers without one.
     email: str | None = None
     # Served by nginx on port 80 for /.well-known/acme-challenge/ of any host.
@@ -382,6 +385,7 @@ def _check_settings(fields: Fields | None) -> CheckSettings | None:
 
 _ACME_KEYS = (
     "directory",
+    "ca_bundle",
     "email",
     "webroot",
     "certbot",
@@ -423,6 +427,7 @@ def _acme_settings(fields: Fields | None, base: Path) -> AcmeSettings | None:
             fields.line("directory"),
             f"acme.directory: expected the ACME directory URL (got {directory!r})",
         )
+    ca_bundle = fields.text("ca_bundle")
     email = fields.text("email")
     if email is not None:
         local, at, domain = email.rpartition("@")
@@ -430,6 +435,7 @@ def _acme_settings(fields: Fields | None, base: Path) -> AcmeSettings | None:
             fields.error(fields.line("email"), f"acme.email: expected name@domain (got {email!r})")
     return AcmeSettings(
         directory=directory,
+        ca_bundle=(base / ca_bundle) if ca_bundle else None,
         email=email,
         webroot=_path(fields, "webroot", DEFAULT_ACME_WEBROOT, base),
         certbot=_command(fields, "certbot", DEFAULT_CERTBOT),
