@@ -25,7 +25,8 @@ import pytest
 from support.dnsservers import Zone, start_dns
 from support.fixtures_dns import require_dns_binaries
 
-from policy_host.check.checks import CheckContext, TenantReport, check_all
+from policy_host.check.checks import check_all
+from policy_host.check.context import CheckContext
 from policy_host.check.dnsclient import (
     CHANNELS,
     EDNS_PAYLOAD,
@@ -41,6 +42,7 @@ from policy_host.check.dnsclient import (
     query_wire,
     question_wire,
 )
+from policy_host.check.reasons import TenantReport
 from policy_host.model import Policy, Tenant
 from policy_host.read.config import ProviderConfig, load_config
 

@@ -2,7 +2,7 @@
 
 The command layer only: arguments, choosing the resolver and the tenants,
 progress on a terminal, the table or JSON, the exit status. The checks are
-in ``dnscheck``; the heavy imports (asyncio, dnspython) happen when the
+in ``policy_host.check``; the heavy imports (asyncio, dnspython) happen when the
 command runs, not when the parser is built.
 """
 
@@ -21,7 +21,7 @@ from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig, parse_server
 
 if TYPE_CHECKING:
-    from policy_host.check.checks import TenantReport
+    from policy_host.check.reasons import TenantReport
 
 STATUS_ORDER = {"fail": 0, "warn": 1, "ok": 2}
 
@@ -131,8 +131,11 @@ def register(
 
 
 def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from policy_host.check import checks as dnscheck
+    from policy_host.certs.account import account_uris
     from policy_host.check import dnsclient
+    from policy_host.check.context import CheckContext
+    from policy_host.check.parallel import run_checks
+    from policy_host.check.reasons import invalid_tenant_report
     from policy_host.fetch import HttpsFetcher
     from policy_host.read.tenants import default_jobs, load_tenants
     from policy_host.state import published_ids
@@ -174,13 +177,17 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     fetcher = (
         HttpsFetcher(ca_file=args.ca_file, connect=connect, timeout=timeout) if args.https else None
     )
-    ctx = dnscheck.CheckContext(
-        config=config, lookup=client, expected_ids=published_ids(config), fetcher=fetcher
+    ctx = CheckContext(
+        config=config,
+        lookup=client,
+        expected_ids=published_ids(config),
+        fetcher=fetcher,
+        acme_accounts=account_uris(config.acme),
     )
     progress = Progress(sys.stderr, len(tenants), noun="tenants")
     started = time.monotonic()
     try:
-        reports = dnscheck.run_checks(
+        reports = run_checks(
             ctx,
             tenants,
             workers=concurrency,
@@ -192,7 +199,7 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
         if fetcher is not None:
             fetcher.close()
     elapsed = time.monotonic() - started
-    reports += [dnscheck.invalid_tenant_report(d, s) for d, s in broken.items()]
+    reports += [invalid_tenant_report(d, s) for d, s in broken.items()]
     reports.sort(key=lambda r: r.domain)
 
     resolver = ", ".join(f"{a}:{p}" for a, p in servers)
