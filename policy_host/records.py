@@ -284,16 +284,16 @@ def judge_caa(properties: Iterable[CaaProperty], us: AcmeIdentity) -> CaaVerdict
     ``issuewild`` does not apply to such a name; with no ``issue`` property
     at all, any CA may issue.
     """
-    entries: list[str] = []
-    kinds: set[str] = set()
-    issue_seen = False
-    for prop in properties:
+    props = list(properties)
+    for prop in props:
         if prop.tag not in KNOWN_CAA_TAGS and prop.critical:
             return CaaVerdict(False, critical_tag=prop.tag)
-        if prop.tag != "issue":
-            continue
-        issue_seen = True
-        entry = _issue_value(prop.value)
+    issues = [_issue_value(prop.value) for prop in props if prop.tag == "issue"]
+    if not issues:
+        return CaaVerdict(True)
+    entries: list[str] = []
+    kinds: set[str] = set()
+    for entry in issues:
         if entry.issuer not in us.issuers:
             entries.append(entry.issuer)
             continue
@@ -302,8 +302,6 @@ def judge_caa(properties: Iterable[CaaProperty], us: AcmeIdentity) -> CaaVerdict
             return CaaVerdict(True)
         kinds.add(restriction[0])
         entries.append(restriction[1])
-    if not issue_seen:
-        return CaaVerdict(True)
     return CaaVerdict(False, entries=tuple(entries), shortfall=_shortfall(kinds, us))
 
 
