@@ -15,6 +15,9 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from policy_host.check import dnsclient
 from policy_host.check.checks import Progress, check_all
@@ -55,7 +58,7 @@ def _check_share(
     tenants: Sequence[Tenant],
     workers: int,
     parts: int,
-    conn: multiprocessing.connection.Connection,
+    conn: Connection,
 ) -> None:
     """A child's part: check ``tenants``, send progress, then the reports."""
     last = 0.0
@@ -88,52 +91,77 @@ def _run_forked(
     progress: Progress | None,
     processes: int,
 ) -> list[TenantReport]:
-    context = multiprocessing.get_context("fork")
     shares = [list(range(n, len(tenants), processes)) for n in range(processes)]
     share_workers = max(1, -(-workers // processes))
-    children: dict[multiprocessing.connection.Connection, int] = {}
-    running = []
-    done = [0] * processes
-    results: list[TenantReport | None] = [None] * len(tenants)
+    children: dict[Connection, int] = {}
+    running: list[BaseProcess] = []
     try:
         for n, indexes in enumerate(shares):
-            parent_end, child_end = context.Pipe(duplex=False)
             share = [tenants[i] for i in indexes]
-            child = context.Process(
-                target=_check_share,
-                args=(ctx, share, share_workers, processes, child_end),
-                name=f"policy-host-check-{n}",
-                daemon=True,
-            )
-            child.start()
-            child_end.close()
-            children[parent_end] = n
+            conn, child = _start(ctx, share, share_workers, processes, n)
+            children[conn] = n
             running.append(child)
-        while children:
-            for conn in multiprocessing.connection.wait(list(children)):
-                assert isinstance(conn, multiprocessing.connection.Connection)
-                n = children[conn]
-                try:
-                    message = conn.recv()
-                except EOFError:
-                    raise RuntimeError(f"check process {n} ended without its reports") from None
-                if message[0] == "progress":
-                    done[n] = message[1]
-                elif message[0] == "done":
-                    for index, report in zip(shares[n], message[1], strict=True):
-                        results[index] = report
-                    if isinstance(ctx.lookup, dnsclient.DnsClient):
-                        ctx.lookup.queries += message[2]
-                    done[n] = len(shares[n])
-                    del children[conn]
-                    conn.close()
-                else:
-                    raise RuntimeError(f"check process {n} failed:\n{message[1]}")
-                if progress is not None:
-                    progress(sum(done), len(tenants))
+        return _collect(ctx, children, shares, len(tenants), progress)
     finally:
         for child in running:
             if child.is_alive():
                 child.terminate()
             child.join()
+
+
+def _start(
+    ctx: CheckContext, share: list[Tenant], workers: int, processes: int, n: int
+) -> tuple[Connection, BaseProcess]:
+    """Fork child ``n`` to check ``share``; the end of its pipe we read."""
+    context = multiprocessing.get_context("fork")
+    parent_end, child_end = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_check_share,
+        args=(ctx, share, workers, processes, child_end),
+        name=f"policy-host-check-{n}",
+        daemon=True,
+    )
+    child.start()
+    child_end.close()
+    return parent_end, child
+
+
+def _collect(
+    ctx: CheckContext,
+    children: dict[Connection, int],
+    shares: list[list[int]],
+    total: int,
+    progress: Progress | None,
+) -> list[TenantReport]:
+    """Every child's reports, put back in input order, with progress."""
+    results: list[TenantReport | None] = [None] * total
+    done = [0] * len(shares)
+    while children:
+        for conn in multiprocessing.connection.wait(list(children)):
+            assert isinstance(conn, Connection)
+            n = children[conn]
+            message = _receive(conn, n)
+            if message[0] == "progress":
+                done[n] = message[1]
+            else:
+                for index, report in zip(shares[n], message[1], strict=True):
+                    results[index] = report
+                if isinstance(ctx.lookup, dnsclient.DnsClient):
+                    ctx.lookup.queries += message[2]
+                done[n] = len(shares[n])
+                del children[conn]
+                conn.close()
+            if progress is not None:
+                progress(sum(done), total)
     return [r for r in results if r is not None]
+
+
+def _receive(conn: Connection, n: int) -> tuple[Any, ...]:
+    """Child ``n``'s next message; its failure raised here."""
+    try:
+        message: tuple[Any, ...] = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"check process {n} ended without its reports") from None
+    if message[0] == "error":
+        raise RuntimeError(f"check process {n} failed:\n{message[1]}")
+    return message
