@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 # What may appear in a generated file unquoted. Host names come from tenant
 # files already checked as LDH names (model.hostname); this second check
 # guards the generator itself: nothing else can reach nginx's parser.
-_HOST = re.compile(r"mta-sts(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+\Z")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(re.escape(POLICY_HOST_PREFIX) + _LABEL + rf"(\.{_LABEL})*\Z")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*\Z")
 NGINX_TIMEOUT = 60.0
 

@@ -58,7 +58,7 @@ async def check_txt(ctx: CheckContext, tenant: Tenant, report: TenantReport) -> 
         report.add(
             "txt_missing",
             FAIL,
-            f"{answer.final_name} has no v=STSv1 TXT record{seen}; senders see no policy "
+            f"{answer.final_name} has no {STS_VERSION} TXT record{seen}; senders see no policy "
             "(a provider problem: run 'policy-host apply')",
             subject=answer.final_name,
         )
@@ -67,7 +67,7 @@ async def check_txt(ctx: CheckContext, tenant: Tenant, report: TenantReport) -> 
         report.add(
             "txt_multiple",
             FAIL,
-            f"{answer.final_name} has {len(candidates)} v=STSv1 TXT records "
+            f"{answer.final_name} has {len(candidates)} {STS_VERSION} TXT records "
             f"({shown(candidates)}); senders treat that as no policy (RFC 8461 section 3.1)",
             subject=answer.final_name,
         )
@@ -123,12 +123,12 @@ async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) 
         return
     candidates = [text for text in records if has_version(text, TLSRPT_VERSION)]
     expected = tenant.tlsrpt_rua
-    hint = f" '{name}. TXT \"v=TLSRPTv1; rua={','.join(expected)}\"'" if expected else ""
+    hint = f" '{name}. TXT \"{TLSRPT_VERSION}; rua={','.join(expected)}\"'" if expected else ""
     if not candidates:
         report.add(
             "tlsrpt_missing",
             WARN,
-            f"{name} has no v=TLSRPTv1 record; nobody receives TLS failure reports"
+            f"{name} has no {TLSRPT_VERSION} record; nobody receives TLS failure reports"
             + (f"; the customer could add{hint}" if hint else ""),
             subject=name,
         )
@@ -137,7 +137,7 @@ async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) 
         report.add(
             "tlsrpt_multiple",
             WARN,
-            f"{name} has {len(candidates)} v=TLSRPTv1 records; senders then send no reports",
+            f"{name} has {len(candidates)} {TLSRPT_VERSION} records; senders then send no reports",
             subject=name,
         )
         return
