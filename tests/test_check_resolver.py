@@ -29,7 +29,6 @@ from policy_host.check.checks import check_all
 from policy_host.check.context import CheckContext
 from policy_host.check.dnsclient import (
     CHANNELS,
-    EDNS_PAYLOAD,
     LOOP,
     NODATA,
     NXDOMAIN,
@@ -38,11 +37,9 @@ from policy_host.check.dnsclient import (
     TIMEOUT,
     DnsClient,
     interpret,
-    matches,
-    query_wire,
-    question_wire,
 )
 from policy_host.check.reasons import TenantReport
+from policy_host.check.udp import EDNS_PAYLOAD, matches, query_wire, question_wire
 from policy_host.model import Policy, Tenant
 from policy_host.read.config import ProviderConfig, load_config
 

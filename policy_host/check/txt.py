@@ -12,6 +12,7 @@ from policy_host.model import TLSRPT_PREFIX, Tenant
 from policy_host.records import (
     STS_VERSION,
     TLSRPT_VERSION,
+    chain_reaches,
     has_version,
     joined_txt,
     parse_sts_record,
@@ -44,54 +45,70 @@ async def check_txt(ctx: CheckContext, tenant: Tenant, report: TenantReport) -> 
             subject=name,
         )
         return
-    if target not in answer.chain:
+    if not chain_reaches(answer.chain, target):
         report.add(
             "txt_cname_elsewhere",
             FAIL,
-            f"{name} is a CNAME to {answer.chain[0]}, not to {target}; {fix}",
+            f"{name} is a CNAME to {' -> '.join(answer.chain)}, not to {target}; {fix}",
             subject=name,
         )
         return
+    policy_id = _id_record(answer.final_name, records, report)
+    if policy_id is not None:
+        _compare_id(ctx, tenant, answer.final_name, policy_id, report)
+
+
+def _id_record(final_name: str, records: list[str], report: TenantReport) -> str | None:
+    """The id of the one valid ``v=STSv1`` record (RFC 8461 section 3.1) at
+    the end of the chain; None, with the reason, when there is none."""
     candidates = [text for text in records if has_version(text, STS_VERSION)]
     if not candidates:
         seen = f" (found: {shown(records)})" if records else ""
         report.add(
             "txt_missing",
             FAIL,
-            f"{answer.final_name} has no {STS_VERSION} TXT record{seen}; senders see no policy "
+            f"{final_name} has no {STS_VERSION} TXT record{seen}; senders see no policy "
             "(a provider problem: run 'policy-host apply')",
-            subject=answer.final_name,
+            subject=final_name,
         )
-        return
+        return None
     if len(candidates) > 1:
         report.add(
             "txt_multiple",
             FAIL,
-            f"{answer.final_name} has {len(candidates)} {STS_VERSION} TXT records "
+            f"{final_name} has {len(candidates)} {STS_VERSION} TXT records "
             f"({shown(candidates)}); senders treat that as no policy (RFC 8461 section 3.1)",
-            subject=answer.final_name,
+            subject=final_name,
         )
-        return
+        return None
     policy_id, problem = parse_sts_record(candidates[0])
     report.observed["txt"]["id"] = policy_id
     if problem == "bad id":
         report.add(
             "txt_bad_id",
             FAIL,
-            f"{answer.final_name}: id '{policy_id}' must be 1 to 32 letters and digits "
+            f"{final_name}: id '{policy_id}' must be 1 to 32 letters and digits "
             "(RFC 8461 section 3.1); senders ignore the record",
-            subject=answer.final_name,
+            subject=final_name,
         )
-        return
+        return None
     if problem is not None or policy_id is None:
         report.add(
             "txt_invalid",
             FAIL,
-            f"{answer.final_name}: TXT record {shown(candidates)} is not valid: {problem}; "
+            f"{final_name}: TXT record {shown(candidates)} is not valid: {problem}; "
             "senders ignore it",
-            subject=answer.final_name,
+            subject=final_name,
         )
-        return
+        return None
+    return policy_id
+
+
+def _compare_id(
+    ctx: CheckContext, tenant: Tenant, final_name: str, policy_id: str, report: TenantReport
+) -> None:
+    """The id in DNS against the one the provider last published."""
+    name = tenant.id_record_name
     expected = ctx.expected_ids.get(tenant.domain)
     report.observed["txt"]["expected_id"] = expected
     if expected is None:
@@ -106,9 +123,9 @@ async def check_txt(ctx: CheckContext, tenant: Tenant, report: TenantReport) -> 
         report.add(
             "txt_stale_id",
             FAIL,
-            f"{answer.final_name} says id={policy_id} but the provider last published "
+            f"{final_name} says id={policy_id} but the provider last published "
             f"id={expected}; senders will not fetch the current policy",
-            subject=answer.final_name,
+            subject=final_name,
         )
 
 
