@@ -8,7 +8,7 @@ correctly, and the provider zone holding their TXT records; starts knotd
 and an unbound in front of it (on 127.0.0.1, caching off, as in the tests,
 but with limits raised for many queries in flight); then, in one run:
 
-1. `check` (the real ``dnscheck.run_checks``, as the command runs it: one
+1. `check` (the real ``check.parallel.run_checks``, as the command runs it: one
    process per core unless ``--jobs`` says otherwise, all of them in a
    child process of the benchmark so that their memory is their own) over
    every tenant;
@@ -190,8 +190,9 @@ def relay(listen_port: int, upstream_port: int, delay: float) -> None:
 def check_worker(config_path: Path, jobs: int) -> None:
     """Run `check` over every tenant, as the command does; print one JSON line
     of figures."""
-    from policy_host.check.checks import CheckContext, run_checks
+    from policy_host.check.context import CheckContext
     from policy_host.check.dnsclient import DnsClient
+    from policy_host.check.parallel import run_checks
     from policy_host.read.config import load_config
     from policy_host.read.tenants import load_tenants
 

@@ -8,6 +8,7 @@ real certbot against pebble runs in tests/test_stack_certs.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,17 +19,20 @@ from support.dnsservers import DnsWorld, Zone
 from support.procs import require_binary
 from support.tls import TestCA, make_ca
 
-from policy_host.certs.run import (
-    AttemptLog,
-    caa_problem,
-    certbot_command,
-    cname_problem,
-    run_certs,
-)
+from policy_host.certs.attempts import AttemptLog
+from policy_host.certs.precheck import caa_problem, host_problem
+from policy_host.certs.run import certbot_command, run_certs
+from policy_host.check.dnsclient import DnsClient
 from policy_host.read.config import ProviderConfig, load_config
+from policy_host.records import AcmeIdentity
 from policy_host.runner import DEFAULT_TIMEOUT, Result, run
 
 POLICY_HOST = "mta-sts.provider.example"
+
+
+def lookup(dns_world: DnsWorld) -> DnsClient:
+    """A client of the unbound in front of knot, as `certs` makes one."""
+    return DnsClient([(dns_world.unbound.address, dns_world.unbound.port)], timeout=2.0)
 
 
 def customer(domain: str, *records: str, cname: str | None = POLICY_HOST) -> Zone:
@@ -65,7 +69,7 @@ def dns_zones() -> list[Zone]:
 def test_cname_check_names_what_the_customer_has(
     dns_world: DnsWorld, domain: str, expected: str | None
 ) -> None:
-    problem = cname_problem(dns_world.resolver(), f"mta-sts.{domain}", POLICY_HOST)
+    problem = asyncio.run(host_problem(lookup(dns_world), f"mta-sts.{domain}", POLICY_HOST))
     if expected is None:
         assert problem is None
     else:
@@ -84,7 +88,8 @@ def test_cname_check_names_what_the_customer_has(
     ],
 )
 def test_caa_check_follows_rfc_8659(dns_world: DnsWorld, domain: str, expected: str | None) -> None:
-    problem = caa_problem(dns_world.resolver(), f"mta-sts.{domain}", ("letsencrypt.org",))
+    us = AcmeIdentity(("letsencrypt.org",))
+    problem = asyncio.run(caa_problem(lookup(dns_world), f"mta-sts.{domain}", us))
     if expected is None:
         assert problem is None
     else:
@@ -200,7 +205,7 @@ def certs(
     out = io.StringIO()
     status = run_certs(
         config,
-        resolver=dns_world.resolver(),
+        lookup=lookup(dns_world),
         runner=certbot,
         clock=clock,
         dry_run="--dry-run" in args,

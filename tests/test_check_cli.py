@@ -17,7 +17,7 @@ from support.procs import free_port
 from support.tls import make_ca
 
 from policy_host import state
-from policy_host.check.checks import REASONS
+from policy_host.check.reasons import REASONS
 from policy_host.cli.main import main
 from policy_host.cli.output import Progress
 from policy_host.model import Policy

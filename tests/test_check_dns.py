@@ -18,9 +18,12 @@ import pytest
 from support.dnsservers import UnboundResolver, Zone, start_dns
 from support.fixtures_dns import require_dns_binaries
 
-from policy_host.check import checks as dnscheck
-from policy_host.check.checks import CheckContext, TenantReport, check_all, run_checks
+from policy_host.check import parallel
+from policy_host.check.checks import check_all
+from policy_host.check.context import CheckContext
 from policy_host.check.dnsclient import DnsAnswer, DnsClient
+from policy_host.check.parallel import run_checks
+from policy_host.check.reasons import TenantReport
 from policy_host.model import Policy, Tenant
 from policy_host.read.config import ProviderConfig, load_config
 
@@ -447,14 +450,14 @@ def test_checks_shared_over_processes_give_the_same_reports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     forked: list[int] = []
-    real = dnscheck._run_forked
+    real = parallel._run_forked
 
     def spy(*args: Any) -> list[TenantReport]:
         forked.append(args[-1])
         return real(*args)
 
-    monkeypatch.setattr(dnscheck, "PARALLEL_MIN_TENANTS", 1)
-    monkeypatch.setattr(dnscheck, "_run_forked", spy)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_TENANTS", 1)
+    monkeypatch.setattr(parallel, "_run_forked", spy)
     client = DnsClient([(world.address, world.port)], timeout=3.0, concurrency=16)
     expected = {c.domain: c.published for c in CASES if c.published is not None}
     ctx = CheckContext(config=config, lookup=client, expected_ids=expected)
@@ -479,7 +482,7 @@ def test_a_check_process_that_fails_is_an_error_not_missing_reports(
         async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
             raise RuntimeError("a bug in a lookup")
 
-    monkeypatch.setattr(dnscheck, "PARALLEL_MIN_TENANTS", 1)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_TENANTS", 1)
     ctx = CheckContext(config=config, lookup=Broken(), expected_ids={})
     with pytest.raises(RuntimeError, match="a bug in a lookup"):
         run_checks(ctx, [c.tenant() for c in CASES[:4]], workers=4, processes=2)

@@ -10,7 +10,8 @@ from pathlib import Path
 import dns.rdata
 import pytest
 
-from policy_host.check.checks import CheckContext, check_tenant
+from policy_host.check.checks import check_tenant
+from policy_host.check.context import CheckContext
 from policy_host.check.dnsclient import NODATA, NXDOMAIN, OK, DnsAnswer
 from policy_host.fetch import FetchResult
 from policy_host.model import Policy, Tenant

@@ -21,8 +21,10 @@ from support.policyhttps import PolicyHttpsServer, Reply
 from support.procs import MissingBinaryError, require_binary
 from support.tls import TestCA, make_ca
 
-from policy_host.check.checks import CheckContext, TenantReport, check_https
+from policy_host.check.context import CheckContext
 from policy_host.check.dnsclient import DnsAnswer
+from policy_host.check.https import check_https
+from policy_host.check.reasons import TenantReport
 from policy_host.fetch import HttpsFetcher
 from policy_host.model import Policy, Tenant
 from policy_host.read.config import ProviderConfig, load_config

@@ -1,5 +1,6 @@
 """The pure parts of `check`, as tables: record syntax (RFC 8461 section 3.1,
-RFC 8460 section 3), CAA evaluation (RFC 8659), the Microsoft 365 hint."""
+RFC 8460 section 3; ``records``), CAA evaluation (RFC 8659) as `check` words
+it, the Microsoft 365 hint."""
 
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import pytest
 
-from policy_host.check.checks import (
-    REASONS,
-    WARN,
-    Reason,
-    body_difference,
+from policy_host.check.hosts import caa_problem
+from policy_host.check.https import body_difference
+from policy_host.check.mx import microsoft_pattern
+from policy_host.check.reasons import REASONS, WARN, Reason
+from policy_host.records import (
+    AcmeIdentity,
+    CaaProperty,
     caa_names,
-    caa_problem,
+    caa_properties,
     has_version,
-    microsoft_pattern,
+    joined_txt,
     parse_sts_record,
     parse_tlsrpt_record,
-    txt_value,
 )
 
 STS_RECORDS = [
@@ -105,11 +107,15 @@ def test_txt_strings_are_joined_with_nothing_between() -> None:
     rdata = dns.rdtypes.ANY.TXT.TXT(
         dns.rdataclass.IN, dns.rdatatype.TXT, [b"v=STSv1; ", b"id=ab", b"c;"]
     )
-    assert txt_value(rdata) == "v=STSv1; id=abc;"
+    assert joined_txt(rdata) == "v=STSv1; id=abc;"
 
 
-def caa(*texts: str) -> list[dns.rdata.Rdata]:
-    return [dns.rdata.from_text("IN", "CAA", text) for text in texts]
+def caa(*texts: str) -> list[CaaProperty]:
+    return caa_properties(dns.rdata.from_text("IN", "CAA", text) for text in texts)
+
+
+def issuers(*names: str) -> AcmeIdentity:
+    return AcmeIdentity(names)
 
 
 CAA_SETS = [
@@ -129,7 +135,7 @@ CAA_SETS = [
 
 @pytest.mark.parametrize(("records", "problem"), CAA_SETS)
 def test_caa_evaluation(records: list[str], problem: str | None) -> None:
-    found = caa_problem(caa(*records), ("letsencrypt.org",))
+    found = caa_problem(caa(*records), issuers("letsencrypt.org"))
     if problem is None:
         assert found is None
     else:
@@ -138,7 +144,7 @@ def test_caa_evaluation(records: list[str], problem: str | None) -> None:
 
 def test_caa_allows_any_of_several_configured_issuers() -> None:
     records = caa('0 issue "sectigo.com"')
-    assert caa_problem(records, ("letsencrypt.org", "sectigo.com")) is None
+    assert caa_problem(records, issuers("letsencrypt.org", "sectigo.com")) is None
 
 
 def test_caa_climbs_to_the_top_level_domain_not_the_root() -> None:

@@ -25,10 +25,10 @@ import pytest
 from support.dnsservers import Zone, start_dns
 from support.fixtures_dns import require_dns_binaries
 
-from policy_host.check.checks import CheckContext, TenantReport, check_all
+from policy_host.check.checks import check_all
+from policy_host.check.context import CheckContext
 from policy_host.check.dnsclient import (
     CHANNELS,
-    EDNS_PAYLOAD,
     LOOP,
     NODATA,
     NXDOMAIN,
@@ -37,10 +37,9 @@ from policy_host.check.dnsclient import (
     TIMEOUT,
     DnsClient,
     interpret,
-    matches,
-    query_wire,
-    question_wire,
 )
+from policy_host.check.reasons import TenantReport
+from policy_host.check.udp import EDNS_PAYLOAD, matches, query_wire, question_wire
 from policy_host.model import Policy, Tenant
 from policy_host.read.config import ProviderConfig, load_config
 

@@ -20,7 +20,9 @@ from support.netns import netns_supported
 from support.procs import wait_until
 from support.stack import Customer, MiniInternet
 
+from policy_host.certs.account import account_uris
 from policy_host.model import Policy
+from policy_host.read.config import load_config
 from policy_host.render import render
 
 ALPHA = Customer("alpha.example", mx=("mx1.alpha.example",), mx_hosts=("mx1.alpha.example",))
@@ -123,6 +125,18 @@ def test_certs_never_orders_without_the_cname_or_against_caa(
     assert not (live / "mta-sts.caa.example").exists()
     # Hosted but without a certificate: refused at the handshake too.
     assert handshake_refused(world, "mta-sts.nocname.example", root)
+
+
+def test_our_acme_account_is_read_where_certbot_keeps_it(
+    certified: tuple[MiniInternet, Path, str],
+) -> None:
+    """The account a CAA accounturi (RFC 8657) must name: certbot's, as
+    registered with pebble by the first order."""
+    world, _, _ = certified
+    config = load_config(world.config_path)
+    (uri,) = account_uris(config.acme)
+    server = config.acme.directory.rsplit("/", 1)[0]
+    assert uri.startswith(server + "/"), (uri, server)
 
 
 @pytest.mark.parametrize(

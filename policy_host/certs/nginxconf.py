@@ -16,7 +16,6 @@ a later reload or restart never meets a broken config.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
@@ -42,7 +41,8 @@ log = logging.getLogger(__name__)
 # What may appear in a generated file unquoted. Host names come from tenant
 # files already checked as LDH names (model.hostname); this second check
 # guards the generator itself: nothing else can reach nginx's parser.
-_HOST = re.compile(r"mta-sts(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+\Z")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(re.escape(POLICY_HOST_PREFIX) + _LABEL + rf"(\.{_LABEL})*\Z")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*\Z")
 NGINX_TIMEOUT = 60.0
 
@@ -211,35 +211,3 @@ def report(result: SyncResult, *, dry_run: bool, out: TextIO | None = None) -> N
         + ("; nginx reloaded" if result.reloaded else ""),
         file=stream,
     )
-
-
-def cmd_nginx_conf(args: argparse.Namespace, config: ProviderConfig) -> int:
-    if args.print:
-        hosts = [
-            policy_host_name(d)
-            for d in sorted(hosted_domains(config))
-            if has_certificate(config.acme, policy_host_name(d))
-        ]
-        sys.stdout.write(render_conf(config, hosts).decode("ascii"))
-        return 0
-    result = sync(config, dry_run=args.dry_run, reload=not args.no_reload)
-    report(result, dry_run=args.dry_run)
-    return 0
-
-
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    p = sub.add_parser(
-        "nginx-conf",
-        parents=[common],
-        help="write nginx's per-tenant server blocks, test and reload nginx",
-        description="Generate nginx.tenants_conf: one server block per hosted mta-sts.<domain> "
-        "that has a certificate (names without one are refused at the TLS handshake). When the "
-        "file changes it is written atomically, `nginx -t` must pass (else the previous file is "
-        "put back), then nginx is reloaded. `policy-host certs` does this too.",
-    )
-    p.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
-    p.add_argument("--no-reload", action="store_true", help="write and test, but do not reload")
-    p.add_argument("--print", action="store_true", help="print the generated file and exit")
-    p.set_defaults(handler=cmd_nginx_conf)

@@ -4,9 +4,10 @@ section 4.1), without building a ``dns.message.Message``.
 `check` reads hundreds of thousands of small answers, and all it needs of
 each is the response code and the answer records at a few names: building
 every name, record and RRset of the whole message (and hashing each record
-into its set) was two thirds of its CPU. Here the records are only located;
-the few the checks use are then built by dnspython from the same bytes
-(``dns.rdata.from_wire``), so record syntax stays dnspython's.
+into its set) takes two thirds of its CPU (docs/performance.md). Here the
+records are only located; the few the checks use are then built by
+dnspython from the same bytes (``dns.rdata.from_wire``), so record syntax
+stays dnspython's.
 
 Names are compared as keys: their labels in wire form, lower case (DNS
 names compare without regard to ASCII case, RFC 4343), compression
@@ -33,8 +34,9 @@ class WireError(ValueError):
 
 
 @dataclass(frozen=True)
-class Record:
-    """One record: its owner's key, type, class, TTL, and where its data is."""
+class WireRecord:
+    """One record located in a message's bytes: its owner's key, type,
+    class, TTL, and where its data is."""
 
     owner: bytes
     rdtype: int
@@ -51,7 +53,7 @@ class Response:
 
     rcode: int
     truncated: bool
-    answer: tuple[Record, ...]
+    answer: tuple[WireRecord, ...]
 
 
 def name_key(name: dns.name.Name) -> bytes:
@@ -98,7 +100,7 @@ def read_name(wire: bytes, at: int) -> tuple[bytes, int]:
         at += count + 1
 
 
-def _records(wire: bytes, at: int, count: int) -> tuple[list[Record], int]:
+def _records(wire: bytes, at: int, count: int) -> tuple[list[WireRecord], int]:
     found = []
     for _ in range(count):
         owner, at = read_name(wire, at)
@@ -109,7 +111,7 @@ def _records(wire: bytes, at: int, count: int) -> tuple[list[Record], int]:
         at += _RR.size
         if at + length > len(wire):
             raise WireError("a record's data runs past the end of the message")
-        found.append(Record(owner, rdtype, rdclass, ttl, at, length))
+        found.append(WireRecord(owner, rdtype, rdclass, ttl, at, length))
         at += length
     return found, at
 

@@ -2,7 +2,7 @@
 
 The command layer only: arguments, choosing the resolver and the tenants,
 progress on a terminal, the table or JSON, the exit status. The checks are
-in ``dnscheck``; the heavy imports (asyncio, dnspython) happen when the
+in ``policy_host.check``; the heavy imports (asyncio, dnspython) happen when the
 command runs, not when the parser is built.
 """
 
@@ -21,7 +21,8 @@ from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig, parse_server
 
 if TYPE_CHECKING:
-    from policy_host.check.checks import TenantReport
+    from policy_host.check.reasons import TenantReport
+    from policy_host.model import Tenant
 
 STATUS_ORDER = {"fail": 0, "warn": 1, "ok": 2}
 
@@ -131,70 +132,112 @@ def register(
 
 
 def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from policy_host.check import checks as dnscheck
+    from policy_host.certs.account import account_uris
     from policy_host.check import dnsclient
+    from policy_host.check.context import CheckContext
+    from policy_host.check.parallel import run_checks
+    from policy_host.check.reasons import invalid_tenant_report
     from policy_host.fetch import HttpsFetcher
-    from policy_host.read.tenants import default_jobs, load_tenants
+    from policy_host.read.tenants import default_jobs
     from policy_host.state import published_ids
 
-    if (args.connect or args.ca_file) and not args.https:
-        return _usage("--connect and --ca-file only make sense with --https")
-    if args.ca_file and not args.ca_file.is_file():
-        return _usage(f"--ca-file {args.ca_file}: no such file")
-    connect: tuple[str, int] | None = args.connect
     try:
-        domains = [hostname(d.rstrip("."), what="domain").ascii for d in args.domains]
-    except InvalidValue as exc:
+        servers = _servers(args, config)
+        tenants, broken = _chosen_tenants(args, config)
+    except _UsageError as exc:
         return _usage(str(exc))
-    if args.nameserver:
-        servers = list(args.nameserver)
-    elif config.dns.resolver is not None:
-        servers = [config.dns.resolver]
-    else:
-        try:
-            servers = dnsclient.system_servers()
-        except ValueError as exc:
-            return _usage(f"{exc}; give --nameserver or dns.resolver in the config")
-
-    result = load_tenants(config)
-    known = set(result.tenants) | set(result.broken)
-    unknown = [d for d in domains if d not in known]
-    if unknown:
-        return _usage(f"no tenant file for {', '.join(unknown)} in {config.tenants_dir}")
-    wanted = set(domains) or known
-    tenants = [t for d, t in sorted(result.tenants.items()) if d in wanted]
-    broken = {
-        d: s for d, s in sorted(result.broken.items()) if d in wanted and d not in result.tenants
-    }
-
     timeout = args.timeout or config.dns.timeout
     concurrency = args.concurrency or config.check.concurrency
-    jobs = args.jobs or default_jobs()
     client = dnsclient.DnsClient(servers, timeout=timeout, concurrency=concurrency)
     fetcher = (
-        HttpsFetcher(ca_file=args.ca_file, connect=connect, timeout=timeout) if args.https else None
+        HttpsFetcher(ca_file=args.ca_file, connect=args.connect, timeout=timeout)
+        if args.https
+        else None
     )
-    ctx = dnscheck.CheckContext(
-        config=config, lookup=client, expected_ids=published_ids(config), fetcher=fetcher
+    ctx = CheckContext(
+        config=config,
+        lookup=client,
+        expected_ids=published_ids(config),
+        fetcher=fetcher,
+        acme_accounts=account_uris(config.acme),
     )
     progress = Progress(sys.stderr, len(tenants), noun="tenants")
     started = time.monotonic()
     try:
-        reports = dnscheck.run_checks(
+        reports = run_checks(
             ctx,
             tenants,
             workers=concurrency,
             progress=lambda done, total: progress.step("checking", done, total),
-            processes=jobs,
+            processes=args.jobs or default_jobs(),
         )
     finally:
         progress.finish()
         if fetcher is not None:
             fetcher.close()
     elapsed = time.monotonic() - started
-    reports += [dnscheck.invalid_tenant_report(d, s) for d, s in broken.items()]
+    reports += [invalid_tenant_report(d, s) for d, s in broken.items()]
     reports.sort(key=lambda r: r.domain)
+    counts = _show(args, config, reports, servers, elapsed, client.queries)
+    if counts["fail"] or (args.strict and counts["warn"]):
+        return EXIT_PROBLEMS
+    return EXIT_OK
 
+
+class _UsageError(Exception):
+    """Options or arguments that cannot work together (exit 2)."""
+
+
+def _servers(args: argparse.Namespace, config: ProviderConfig) -> list[tuple[str, int]]:
+    """The resolvers to ask; the options checked on the way."""
+    from policy_host.check import dnsclient
+
+    if (args.connect or args.ca_file) and not args.https:
+        raise _UsageError("--connect and --ca-file only make sense with --https")
+    if args.ca_file and not args.ca_file.is_file():
+        raise _UsageError(f"--ca-file {args.ca_file}: no such file")
+    if args.nameserver:
+        return list(args.nameserver)
+    if config.dns.resolver is not None:
+        return [config.dns.resolver]
+    try:
+        return dnsclient.system_servers()
+    except ValueError as exc:
+        raise _UsageError(f"{exc}; give --nameserver or dns.resolver in the config") from None
+
+
+def _chosen_tenants(
+    args: argparse.Namespace, config: ProviderConfig
+) -> tuple[list[Tenant], dict[str, str]]:
+    """The valid tenants to check, and the broken ones (domain: source)."""
+    from policy_host.read.tenants import load_tenants
+
+    try:
+        domains = [hostname(d.rstrip("."), what="domain").ascii for d in args.domains]
+    except InvalidValue as exc:
+        raise _UsageError(str(exc)) from None
+    result = load_tenants(config)
+    known = set(result.tenants) | set(result.broken)
+    unknown = [d for d in domains if d not in known]
+    if unknown:
+        raise _UsageError(f"no tenant file for {', '.join(unknown)} in {config.tenants_dir}")
+    wanted = set(domains) or known
+    tenants = [t for d, t in sorted(result.tenants.items()) if d in wanted]
+    broken = {
+        d: s for d, s in sorted(result.broken.items()) if d in wanted and d not in result.tenants
+    }
+    return tenants, broken
+
+
+def _show(
+    args: argparse.Namespace,
+    config: ProviderConfig,
+    reports: Sequence[TenantReport],
+    servers: Sequence[tuple[str, int]],
+    elapsed: float,
+    queries: int,
+) -> dict[str, int]:
+    """The table or the JSON, and the summary line; the count per status."""
     resolver = ", ".join(f"{a}:{p}" for a, p in servers)
     counts = {status: sum(r.status == status for r in reports) for status in STATUS_ORDER}
     if args.json:
@@ -204,7 +247,7 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
                 "resolver": resolver,
                 "https": bool(args.https),
                 "elapsed_seconds": round(elapsed, 3),
-                "queries": client.queries,
+                "queries": queries,
                 "summary": {"tenants": len(reports), **counts},
                 "tenants": [r.as_dict() for r in reports],
             },
@@ -220,9 +263,7 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
         f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail",
         file=sys.stderr,
     )
-    if counts["fail"] or (args.strict and counts["warn"]):
-        return EXIT_PROBLEMS
-    return EXIT_OK
+    return counts
 
 
 def _usage(message: str) -> int:

@@ -309,11 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply_cli.register(sub, common)
 
-    from policy_host.certs import nginxconf  # production stack: certificates and nginx
-    from policy_host.certs import run as certs
+    from policy_host.cli import certs as certs_cli  # production stack: certificates and nginx
+    from policy_host.cli import nginx as nginx_cli
 
-    certs.register(sub, common)
-    nginxconf.register(sub, common)
+    certs_cli.register(sub, common)
+    nginx_cli.register(sub, common)
 
     from policy_host.cli import (
         check as checkcmd,  # check: each customer's DNS and HTTPS vs what is served

@@ -1,0 +1,83 @@
+"""When each name was last ordered and how it went, and how many orders
+went out in the last hour: a small SQLite file of ``certs``' own in
+``state_dir``, so a broken customer never burns the CA's rate limits."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    host: str
+    at: float
+    ok: bool
+    message: str
+
+
+class AttemptLog:
+    """When each name was last ordered and how it went; orders per hour."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        if read_only:
+            # --dry-run: read what is there, create and change nothing.
+            target = f"file:{path}?mode=ro" if path.exists() else "file::memory:"
+            self.db = sqlite3.connect(target, uri=True, isolation_level=None)
+            if path.exists():
+                return
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS attempts (
+                host TEXT PRIMARY KEY, at REAL NOT NULL, ok INTEGER NOT NULL,
+                message TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS orders (at REAL NOT NULL, host TEXT NOT NULL);
+            CREATE INDEX IF NOT EXISTS orders_at ON orders (at);
+            """
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def last(self, host: str) -> Attempt | None:
+        row = self.db.execute(
+            "SELECT host, at, ok, message FROM attempts WHERE host = ?", (host,)
+        ).fetchone()
+        return Attempt(row[0], row[1], bool(row[2]), row[3]) if row else None
+
+    def orders_since(self, since: float) -> int:
+        count: int = self.db.execute(
+            "SELECT count(*) FROM orders WHERE at >= ?", (since,)
+        ).fetchone()[0]
+        return count
+
+    def ordering(self, host: str, at: float) -> None:
+        """Count an order before it is sent: a crash mid-order still counts."""
+        with self.db:
+            self.db.execute("INSERT INTO orders (at, host) VALUES (?, ?)", (at, host))
+            self.db.execute("DELETE FROM orders WHERE at < ?", (at - 7 * 24 * HOUR,))
+
+    def record(self, host: str, at: float, ok: bool, message: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO attempts (host, at, ok, message) VALUES (?, ?, ?, ?)",
+                (host, at, int(ok), message),
+            )
+
+
+@contextlib.contextmanager
+def attempt_log(path: Path, read_only: bool) -> Iterator[AttemptLog]:
+    attempts = AttemptLog(path, read_only=read_only)
+    try:
+        yield attempts
+    finally:
+        attempts.close()
