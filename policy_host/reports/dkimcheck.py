@@ -53,7 +53,8 @@ def resolver_lookup(server: tuple[str, int] | None, timeout: float) -> TxtLookup
 
 
 def _aligned(signer: str, submitter: str) -> bool:
-    return submitter == signer or submitter.endswith("." + signer)
+    # A parent domain may sign for its subdomains, but not a top-level one.
+    return submitter == signer or ("." in signer and submitter.endswith("." + signer))
 
 
 def _service_allows_tlsrpt(record: bytes | None) -> bool:
