@@ -108,7 +108,8 @@ def summarise(
     detail: bool = True,
 ) -> list[TenantSummary]:
     """Per tenant summaries, problems first (policy host failures, then by
-    failure rate), then by domain."""
+    failure rate), then by domain. Without ``detail`` only tenants with
+    problems get the breakdowns (by type, MX, reporter and policy)."""
     where, args = _where(domains, since, until, verified_only)
     tenants: dict[str, TenantSummary] = {}
     for domain, reports, success, failure in conn.execute(
@@ -128,9 +129,11 @@ def summarise(
     for tenant in tenants.values():
         tenant.judge(limits)
     chosen = [t for t in tenants.values() if t.problems or not problems_only]
-    if detail and chosen:
-        _details(conn, chosen, since, until, verified_only)
-        for tenant in chosen:
+    # Tenants with problems always get the breakdown: it says what to fix.
+    targets = chosen if detail else [t for t in chosen if t.problems]
+    if targets:
+        _details(conn, targets, since, until, verified_only)
+        for tenant in targets:
             tenant.judge(limits)
     chosen.sort(key=lambda t: (-t.ours, not t.problems, -t.rate, t.domain))
     return chosen
