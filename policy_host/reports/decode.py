@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import IO
 
 from policy_host.errors import PolicyHostError
 
@@ -25,7 +25,7 @@ class BadPayload(PolicyHostError):
     """The body is neither gzip nor something that could be JSON."""
 
 
-def read_capped(stream: BinaryIO, cap: int, what: str = "body") -> bytes:
+def read_capped(stream: IO[bytes], cap: int, what: str = "body") -> bytes:
     """At most ``cap`` bytes from ``stream``; ``TooLarge`` if there are more."""
     parts: list[bytes] = []
     size = 0

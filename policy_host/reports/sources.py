@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from policy_host import state
 from policy_host.model import InvalidValue, hostname
@@ -75,7 +75,7 @@ def message_cap(config: ProviderConfig) -> int:
     return config.tlsrpt.max_report_bytes * 2
 
 
-def read_stdin(stream: BinaryIO, config: ProviderConfig) -> Input:
+def read_stdin(stream: IO[bytes], config: ProviderConfig) -> Input:
     """The message an MTA pipes in (no bytes when it is over the cap)."""
     try:
         data = read_capped(stream, message_cap(config), "message")
