@@ -63,7 +63,12 @@ def register(
         epilog="Exit status of the summary: 0 ok, 1 a tenant crosses tlsrpt.max_failure_rate or "
         "has failures about the policy host, 2 usage error, 3 other failure.",
     )
-    p.add_argument("args", nargs="*", metavar="DOMAIN | ingest PATH... | prune")
+    p.add_argument("args", nargs="*", metavar="DOMAIN | ingest PATH... | prune | metrics")
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="metrics: write here atomically (node_exporter's textfile folder), not stdout",
+    )
     p.add_argument("--since", default=DEFAULT_SINCE, help="Nd or YYYY-MM-DD (default 7d)")
     p.add_argument("--until", help="YYYY-MM-DD, exclusive (default: now)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -81,6 +86,8 @@ def cmd_reports(args: argparse.Namespace, config: ProviderConfig) -> int:
         return cmd_ingest([Path(p) for p in words[1:]], config)
     if words and words[0] == "prune":
         return cmd_prune(config)
+    if words and words[0] == "metrics":
+        return cmd_metrics(args, config)
     return cmd_summary(args, config)
 
 
@@ -161,6 +168,31 @@ def cmd_prune(config: ProviderConfig) -> int:
         print(f"policy-host: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     print(f"pruned {reports} reports and {raws} other inputs", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace, config: ProviderConfig) -> int:
+    """Prometheus text format over the --since window (default 7d)."""
+    from policy_host.fileio import replace_file
+    from policy_host.reports.metrics import exposition
+
+    now = time.time()
+    try:
+        since = parse_when(args.since, now)
+    except ValueError as exc:
+        print(f"policy-host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    limits = Limits(config.tlsrpt.max_failure_rate, config.tlsrpt.min_sessions)
+    try:
+        with Store(config.reports_db) as store:
+            text = exposition(store.conn, now, now - since, limits)
+    except StoreError as exc:
+        print(f"policy-host: {exc}", file=sys.stderr)
+        return exc.exit_status
+    if args.output:
+        replace_file(Path(args.output), text, mode=0o644)
+    else:
+        sys.stdout.buffer.write(text)
     return EXIT_OK
 
 
