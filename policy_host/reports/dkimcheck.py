@@ -9,6 +9,7 @@ would let anyone append a forged report), and the key record's service list
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,6 +71,25 @@ def _service_allows_tlsrpt(record: bytes | None) -> bool:
     return bool({s.strip() for s in services.split(b":")} & {b"*", b"tlsrpt"})
 
 
+_SERVICE_TAG = re.compile(rb"(^|;)(\s*s\s*=)([^;]*)")
+
+
+def _for_dkimpy(record: bytes | None) -> bytes | None:
+    """The key record as dkimpy 1.1.8 can read it: it refuses a service
+    list (``s=email:tlsrpt``) outright, so a list that allows tlsrpt is
+    shown to it as ``s=tlsrpt``. The service judgement is ours
+    (``_service_allows_tlsrpt`` on the record as published)."""
+    if record is None or not _service_allows_tlsrpt(record):
+        return record
+
+    def single(match: re.Match[bytes]) -> bytes:
+        services = {s.strip() for s in match.group(3).split(b":")}
+        chosen = b"*" if b"*" in services else b"tlsrpt"
+        return match.group(1) + match.group(2) + chosen
+
+    return _SERVICE_TAG.sub(single, record)
+
+
 def verify(message: bytes, submitter: str, lookup: TxtLookup) -> Verdict:
     """Whether ``message`` carries a signature that counts for a report."""
     if not submitter:
@@ -79,7 +99,7 @@ def verify(message: bytes, submitter: str, lookup: TxtLookup) -> Verdict:
     def recording(name: bytes | str, timeout: float = 5) -> bytes | None:
         key = name.decode("ascii", "replace") if isinstance(name, bytes) else name
         seen[key.rstrip(".").lower()] = answer = lookup(name, timeout)
-        return answer
+        return _for_dkimpy(answer)
 
     try:
         checker = dkim.DKIM(message, tlsrpt=True)
@@ -107,7 +127,9 @@ def verify(message: bytes, submitter: str, lookup: TxtLookup) -> Verdict:
         try:
             good = checker.verify(index, dnsfunc=recording)
         except dkim.DKIMException as exc:
-            reasons.append(f"dkim {where}: {exc}")
+            text = str(exc)
+            # dkimpy raises some errors without a message (an unusable key).
+            reasons.append(f"dkim {where}: {text if text not in ('', 'None') else 'unusable key'}")
             continue
         if not good:
             reasons.append(f"dkim {where}: signature does not verify")
