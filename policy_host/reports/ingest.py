@@ -124,7 +124,8 @@ class Ingester:
             reason = "no hosted domain: " + " ".join(domains)
             self.store.add_raw(conn, item, FOREIGN, reason, domains)
             return Outcome(FOREIGN, reason, report.organization, report.report_id)
-        report = dataclasses.replace(report, policies=ours)
+        if len(ours) != len(report.policies):
+            report = dataclasses.replace(report, policies=ours)
         ties = [self.history.tie(policy, report.start) for policy in ours]
         outcome = self.store.add_report(conn, item, report, ties)
         return Outcome(outcome, "", report.organization, report.report_id)
