@@ -143,6 +143,11 @@ def test_record_stores_unverified_mail_marked_as_such(
     assert _mail(ingester, _sign(MESSAGE, private)) == DUPLICATE
     assert conn.execute("SELECT verified, copies FROM report").fetchone() == (1, 2)
     assert conn.execute("SELECT verified FROM result").fetchone() == (1,)
+    # The daily totals moved from unverified to verified with it.
+    assert conn.execute("SELECT verified, reports FROM daily ORDER BY verified").fetchall() == [
+        (0, 0),
+        (1, 1),
+    ]
 
 
 def test_require_stores_verified_mail(tmp_path: Path, rsa_key: tuple[bytes, str]) -> None:

@@ -119,3 +119,45 @@ def test_policy_string_with_spaces_around_lines_still_matches(served: ServedHist
     lines = tuple(f" {line} " for line in BODY_B.decode().split("\r\n")[:-1])
     tie = served.tie(PolicyResult("sts", "example.com", lines, (), 1, 0, ()), T2)
     assert (tie.policy_id, tie.match) == ("idB", CURRENT)
+
+
+def _daily_matches_results(conn: sqlite3.Connection) -> None:
+    daily = conn.execute(
+        "SELECT domain, verified, sum(reports), sum(success), sum(failure) FROM daily "
+        "WHERE reports != 0 GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    results = conn.execute(
+        "SELECT domain, verified, count(*), sum(success), sum(failure) FROM result "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    assert daily == results
+    failures = conn.execute(
+        "SELECT domain, result_type, sum(count) FROM daily_failure GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    details = conn.execute(
+        "SELECT r.domain, d.result_type, sum(d.count) FROM detail d JOIN result r "
+        "ON r.id = d.result GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    assert failures == details
+
+
+def test_daily_totals_follow_every_report_stored(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    store = Store(config.reports_db)
+    ingester = make_ingester(config, store)
+    ingest_paths(ingester, sorted(CORPUS.iterdir()))
+    ingest_paths(ingester, [CORPUS / "every-field.json"])  # a duplicate changes nothing
+    _daily_matches_results(store.conn)
+    assert store.conn.execute("SELECT count(*) FROM daily").fetchone()[0] > 0
+
+
+def test_migrating_from_version_1_fills_the_daily_totals(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    with Store(config.reports_db) as store:
+        ingest_paths(make_ingester(config, store), sorted(CORPUS.iterdir()))
+        store.conn.execute("DROP TABLE daily")
+        store.conn.execute("DROP TABLE daily_failure")
+        store.conn.execute("PRAGMA user_version=1")
+    with Store(config.reports_db) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        _daily_matches_results(store.conn)

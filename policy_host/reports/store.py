@@ -97,7 +97,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX detail_result ON detail (result)",
     ),
+    # Daily totals per tenant, kept as reports are stored, so summaries over
+    # all tenants read one row per tenant and day instead of every report
+    # (docs/performance.md). Filled from the stored rows when migrating.
+    (
+        """CREATE TABLE daily (
+            domain TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            verified INTEGER NOT NULL,
+            reports INTEGER NOT NULL,
+            success INTEGER NOT NULL,
+            failure INTEGER NOT NULL,
+            PRIMARY KEY (domain, day, verified)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX daily_day ON daily (day)",
+        """CREATE TABLE daily_failure (
+            domain TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            verified INTEGER NOT NULL,
+            result_type TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (domain, day, verified, result_type)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX daily_failure_day ON daily_failure (day)",
+        "INSERT INTO daily SELECT domain, CAST(start / 86400 AS INTEGER), verified, count(*), "
+        "sum(success), sum(failure) FROM result GROUP BY 1, 2, 3",
+        "INSERT INTO daily_failure SELECT r.domain, CAST(r.start / 86400 AS INTEGER), r.verified, "
+        "d.result_type, sum(d.count) FROM result r JOIN detail d ON d.result = r.id "
+        "GROUP BY 1, 2, 3, 4",
+    ),
 )
+DAY = 86_400
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -231,7 +261,9 @@ class Store:
             conn.execute("UPDATE report SET copies = copies + 1 WHERE id = ?", (report_row,))
             if env.verified and not was_verified:
                 conn.execute("UPDATE report SET verified = 1 WHERE id = ?", (report_row,))
+                self._roll(conn, report_row, -1, verified=False)
                 conn.execute("UPDATE result SET verified = 1 WHERE report = ?", (report_row,))
+                self._roll(conn, report_row, 1, verified=True)
             return DUPLICATE
         raw_row = self.add_raw(
             conn, item, STORED, domains=sorted({p.domain for p in report.policies})
@@ -293,7 +325,26 @@ class Store:
                     for d in policy.details
                 ],
             )
+        self._roll(conn, report_row, 1, verified=env.verified)
         return STORED
+
+    def _roll(
+        self, conn: sqlite3.Connection, report_row: object, sign: int, *, verified: bool
+    ) -> None:
+        """Add (sign 1) or take away (-1) a stored report's rows in the daily totals."""
+        conn.execute(
+            "INSERT INTO daily SELECT domain, CAST(start / 86400 AS INTEGER), ?, ?, ? * success, "
+            "? * failure FROM result WHERE report = ? AND true ON CONFLICT DO UPDATE SET "
+            "reports = reports + excluded.reports, success = success + excluded.success, "
+            "failure = failure + excluded.failure",
+            (int(verified), sign, sign, sign, report_row),
+        )
+        conn.execute(
+            "INSERT INTO daily_failure SELECT r.domain, CAST(r.start / 86400 AS INTEGER), ?, "
+            "d.result_type, ? * d.count FROM result r JOIN detail d ON d.result = r.id "
+            "WHERE r.report = ? AND true ON CONFLICT DO UPDATE SET count = count + excluded.count",
+            (int(verified), sign, report_row),
+        )
 
     def prune(self, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
         """Drop reports received more than ``keep_reports`` seconds ago, and
@@ -314,6 +365,10 @@ class Store:
             reports = conn.execute(
                 "DELETE FROM report WHERE received < ?", (now - keep_reports,)
             ).rowcount
+            # Daily totals by report day: as old as what retention dropped.
+            oldest = int((now - keep_reports) // DAY)
+            conn.execute("DELETE FROM daily WHERE day < ?", (oldest,))
+            conn.execute("DELETE FROM daily_failure WHERE day < ?", (oldest,))
             raws = conn.execute(
                 "DELETE FROM raw WHERE outcome != ? AND received < ?", (STORED, now - keep_raw)
             ).rowcount

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from policy_host.reports.model import OUR_SIDE, result_group
+from policy_host.reports.store import DAY
 
 _OURS = tuple(sorted(OUR_SIDE))
 
@@ -107,36 +108,75 @@ def summarise(
     problems_only: bool = False,
     detail: bool = True,
 ) -> list[TenantSummary]:
-    """Per tenant summaries, problems first (policy host failures, then by
-    failure rate), then by domain. Without ``detail`` only tenants with
-    problems get the breakdowns (by type, MX, reporter and policy)."""
-    where, args = _where(domains, since, until, verified_only)
+    """Per tenant summaries over whole UTC days (by the reports' start),
+    problems first (policy host failures, then by failure rate), then by
+    domain. Totals and failures by result type come from the daily totals
+    (one row per tenant and day); with ``detail`` the breakdowns by MX,
+    reporter and policy version are read from the reports themselves."""
+    first, last = int(since // DAY), -int(-until // DAY)
+    where, args = _day_where(domains, first, last, verified_only)
     tenants: dict[str, TenantSummary] = {}
     for domain, reports, success, failure in conn.execute(
-        f"SELECT r.domain, count(*), sum(r.success), sum(r.failure) FROM result r "
-        f"WHERE {where} GROUP BY r.domain",
+        f"SELECT domain, sum(reports), sum(success), sum(failure) FROM daily WHERE {where} "
+        "GROUP BY domain",
         args,
     ):
-        tenants[domain] = TenantSummary(domain, reports, success, failure)
+        if reports:
+            tenants[domain] = TenantSummary(domain, reports, success, failure)
     # Failures about us, for every tenant: they decide what is a problem.
     for domain, result_type, count in conn.execute(
-        f"SELECT r.domain, d.result_type, sum(d.count) FROM result r JOIN detail d "
-        f"ON d.result = r.id WHERE {where} AND r.failure > 0 "
-        f"AND d.result_type IN ({','.join('?' * len(_OURS))}) GROUP BY 1, 2",
+        f"SELECT domain, result_type, sum(count) FROM daily_failure WHERE {where} "
+        f"AND result_type IN ({','.join('?' * len(_OURS))}) GROUP BY 1, 2",
         [*args, *_OURS],
     ):
-        tenants[domain].by_type[result_type] = count
+        if domain in tenants and count:
+            tenants[domain].by_type[result_type] = count
     for tenant in tenants.values():
         tenant.judge(limits)
     chosen = [t for t in tenants.values() if t.problems or not problems_only]
-    # Tenants with problems always get the breakdown: it says what to fix.
-    targets = chosen if detail else [t for t in chosen if t.problems]
-    if targets:
-        _details(conn, targets, since, until, verified_only)
-        for tenant in targets:
-            tenant.judge(limits)
+    # Tenants with problems always get failures by type: they say what to fix.
+    typed = chosen if detail else [t for t in chosen if t.problems]
+    if typed:
+        _by_type(conn, typed, first, last, verified_only)
+    if detail and chosen:
+        _details(conn, chosen, first * DAY, last * DAY, verified_only)
     chosen.sort(key=lambda t: (-t.ours, not t.problems, -t.rate, t.domain))
     return chosen
+
+
+def _day_where(
+    domains: Sequence[str] | None, first: int, last: int, verified_only: bool
+) -> tuple[str, list[object]]:
+    clauses = ["day >= ?", "day < ?"]
+    args: list[object] = [first, last]
+    if domains is not None:
+        clauses.append(f"domain IN ({','.join('?' * len(domains))})")
+        args.extend(domains)
+    if verified_only:
+        clauses.append("verified = 1")
+    return " AND ".join(clauses), args
+
+
+def _by_type(
+    conn: sqlite3.Connection,
+    tenants: list[TenantSummary],
+    first: int,
+    last: int,
+    verified_only: bool,
+) -> None:
+    by_domain = {t.domain: t for t in tenants}
+    domains = list(by_domain) if len(by_domain) <= 5000 else None
+    where, args = _day_where(domains, first, last, verified_only)
+    for tenant in tenants:
+        tenant.by_type = {}
+    for domain, result_type, count in conn.execute(
+        f"SELECT domain, result_type, sum(count) FROM daily_failure WHERE {where} GROUP BY 1, 2",
+        args,
+    ):
+        found = by_domain.get(domain)
+        if found is not None and count:
+            group = result_group(result_type)
+            found.by_type[group] = found.by_type.get(group, 0) + count
 
 
 def _details(
@@ -151,20 +191,16 @@ def _details(
     # of the range is quicker than the IN list anyway.
     domains = list(by_domain) if len(by_domain) <= 5000 else None
     where, args = _where(domains, since, until, verified_only)
-    for tenant in tenants:
-        tenant.by_type = {}
-    for domain, result_type, mx, count in conn.execute(
-        f"SELECT r.domain, d.result_type, d.receiving_mx_hostname, sum(d.count) FROM result r "
-        f"JOIN detail d ON d.result = r.id WHERE {where} AND r.failure > 0 GROUP BY 1, 2, 3",
+    for domain, mx, count in conn.execute(
+        f"SELECT r.domain, d.receiving_mx_hostname, sum(d.count) FROM result r "
+        f"JOIN detail d ON d.result = r.id WHERE {where} AND r.failure > 0 GROUP BY 1, 2",
         args,
     ):
         found = by_domain.get(domain)
         if found is None:
             continue
-        group = result_group(result_type)
-        found.by_type[group] = found.by_type.get(group, 0) + count
         key = mx or "(none given)"
-        found.by_mx[key] = tenant.by_mx.get(key, 0) + count
+        found.by_mx[key] = found.by_mx.get(key, 0) + count
     for domain, organization, success, failure in conn.execute(
         f"SELECT r.domain, p.organization, sum(r.success), sum(r.failure) FROM result r "
         f"JOIN report p ON p.id = r.report WHERE {where} GROUP BY 1, 2",
