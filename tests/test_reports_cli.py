@@ -169,3 +169,21 @@ def test_summary_refuses_a_bad_date(config: ProviderConfig) -> None:
     done = run(config, "--since", "last week")
     assert done.returncode == 2
     assert "expected Nd or YYYY-MM-DD (got 'last week')" in done.stderr
+
+
+def test_ingest_many_files_through_the_worker_pool(config: ProviderConfig, tmp_path: Path) -> None:
+    """Past POOL_FROM inputs, worker processes prepare them; the outcome and
+    its order are those of a run in one process."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    body = (CORPUS / "every-field.json").read_text()
+    for i in range(250):
+        (folder / f"{i:03d}.json").write_text(body.replace("every-field-1", f"many-{i}"))
+    shutil.copy(CORPUS / "refused-not-json.json", folder / "100a.json")
+    done = run(config, "ingest", str(folder))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{folder / '100a.json'}: refused: not JSON: Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1)",
+        "ingested: 1 refused, 250 stored",
+    ]

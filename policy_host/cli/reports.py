@@ -20,21 +20,14 @@ import logging
 import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
+from policy_host.reports.ingest import Outcome
 from policy_host.reports.model import OUR_SIDE
-from policy_host.reports.sources import (
-    Input,
-    ingest_one,
-    inputs,
-    make_ingester,
-    mark_seen,
-    read_stdin,
-)
+from policy_host.reports.sources import ingest_one, make_ingester, message_cap, read_stdin
 from policy_host.reports.store import DUPLICATE, NOT_REPORT, REFUSED, STORED, Store, StoreError
 from policy_host.reports.summary import Limits, TenantSummary, summarise
 
@@ -42,8 +35,6 @@ log = logging.getLogger(__name__)
 
 EX_TEMPFAIL = 75  # sysexits.h: the MTA keeps the message and retries
 DAY = 86_400.0
-# Inputs per transaction when ingesting files: few fsyncs, little to redo.
-BATCH = 500
 DEFAULT_SINCE = "7d"
 
 
@@ -97,42 +88,21 @@ def cmd_reports(args: argparse.Namespace, config: ProviderConfig) -> int:
 def cmd_ingest(paths: list[Path], config: ProviderConfig) -> int:
     if not paths or paths == [Path("-")]:
         return _ingest_pipe(config)
+    from policy_host.read.tenants import default_jobs
+    from policy_host.reports import batch
+
+    job = batch.Job(config.tlsrpt, config.dns.resolver, config.dns.timeout, message_cap(config))
+
+    def say(name: str, outcome: Outcome) -> None:
+        if outcome.outcome not in (STORED, DUPLICATE):
+            print(f"{name}: {outcome.outcome}: {outcome.reason}", file=sys.stderr)
+
     try:
-        store = Store(config.reports_db)
+        with Store(config.reports_db) as store:
+            counts = batch.run(make_ingester(config, store), paths, job, default_jobs(), say)
     except StoreError as exc:
         print(f"policy-host: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    with store:
-        ingester = make_ingester(config, store)
-        counts: Counter[str] = Counter()
-        batch: list[Input] = []
-        pending = iter(inputs(paths, config))
-        try:
-            while True:
-                batch = []
-                with store.transaction() as conn:
-                    for item in pending:
-                        if isinstance(item, tuple):
-                            counts["unreadable"] += 1
-                            print(f"{item[0]}: unreadable: {item[1]}", file=sys.stderr)
-                            continue
-                        outcome = ingest_one(ingester, conn, item)
-                        counts[outcome.outcome] += 1
-                        batch.append(item)
-                        if outcome.outcome not in (STORED, DUPLICATE):
-                            print(
-                                f"{item.name}: {outcome.outcome}: {outcome.reason}",
-                                file=sys.stderr,
-                            )
-                        if len(batch) >= BATCH:
-                            break
-                for item in batch:
-                    mark_seen(item)
-                if len(batch) < BATCH:
-                    break
-        except StoreError as exc:
-            print(f"policy-host: {exc}", file=sys.stderr)
-            return EX_TEMPFAIL
     print(
         "ingested: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"),
         file=sys.stderr,

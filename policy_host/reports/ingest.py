@@ -42,9 +42,75 @@ class Outcome:
     report_id: str = ""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An input read and judged, not stored yet: either a ``report`` to
+    keep, or an ``outcome`` (refused, not a report, unverified) with its
+    reason. Made by ``prepare_body``/``prepare_message``, which touch no
+    store, so a pool of processes can make them while one process stores."""
+
+    item: Received
+    report: Report | None = None
+    outcome: str = ""
+    reason: str = ""
+
+
+def prepare_body(item: Received, settings: TlsrptSettings, *, labelled_gzip: bool) -> Prepared:
+    """A report as POSTed or as a ``.json``/``.json.gz`` file."""
+    body = item.body
+    try:
+        data, quirks = report_json(body, settings.max_report_bytes)
+        if labelled_gzip and not body.startswith(b"\x1f\x8b"):
+            quirks = (*quirks, "gzip-label-plain-json")
+        report = parse_report(data, item.envelope, quirks)
+    except (TooLarge, BadPayload, Refused) as exc:
+        return Prepared(item, outcome=REFUSED, reason=str(exc))
+    return Prepared(item, report)
+
+
+def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup) -> Prepared:
+    """A whole message: from the MTA pipe, a ``.eml`` file or a Maildir."""
+    data = item.body
+    if len(data) > settings.max_report_bytes * 2:
+        return Prepared(item, outcome=REFUSED, reason="message too large")
+    try:
+        found = mailreader.read_mail(data)
+    except mailreader.NotReport as exc:
+        return Prepared(item, outcome=NOT_REPORT, reason=str(exc))
+    verdict = verify(data, found.submitter, lookup)
+    envelope = dataclasses.replace(
+        item.envelope,
+        channel=item.envelope.channel or MAIL,
+        origin=item.envelope.origin or found.sender,
+        verified=verdict.verified,
+        auth=verdict.auth,
+        domain=found.domain,
+        submitter=found.submitter,
+    )
+    item = Received(envelope, data, item.received)
+    try:
+        payload, quirks = report_json(found.payload, settings.max_report_bytes)
+        if found.labelled_gzip and not found.payload.startswith(b"\x1f\x8b"):
+            quirks = (*quirks, "gzip-label-plain-json")
+        report = parse_report(payload, envelope, (*quirks, *found.quirks))
+    except (TooLarge, BadPayload, Refused) as exc:
+        return Prepared(item, outcome=REFUSED, reason=str(exc))
+    if found.domain and found.domain.lower().rstrip(".") not in {p.domain for p in report.policies}:
+        # RFC 8460 section 5.3: the header should name the policy domain;
+        # the body wins, the difference is noted.
+        report = dataclasses.replace(
+            report, quirks=tuple(sorted({*report.quirks, "header-domain-differs"}))
+        )
+    if not verdict.verified and settings.unverified_mail == "require":
+        # RFC 8460 section 3: unsigned reports should be ignored; kept raw
+        # (with the reason) so staff can see what was turned away.
+        return Prepared(item, report, UNVERIFIED, verdict.auth)
+    return Prepared(item, report)
+
+
 @dataclass
 class Ingester:
-    """What ingesting needs, passed in: the store, the hosted domains, what
+    """What storing needs, passed in: the store, the hosted domains, what
     we served (for ``policies``), the DKIM key lookup and the clock."""
 
     store: Store
@@ -59,63 +125,24 @@ class Ingester:
     ) -> Outcome:
         """A report as POSTed or as a ``.json``/``.json.gz`` file."""
         item = Received(envelope, body, self.clock())
-        try:
-            data, quirks = report_json(body, self.settings.max_report_bytes)
-            if labelled_gzip and not body.startswith(b"\x1f\x8b"):
-                quirks = (*quirks, "gzip-label-plain-json")
-            report = parse_report(data, envelope)
-        except (TooLarge, BadPayload, Refused) as exc:
-            return self._refuse(conn, item, str(exc))
-        if quirks:
-            report = dataclasses.replace(report, quirks=tuple(sorted({*report.quirks, *quirks})))
-        return self._keep(conn, item, report)
+        return self.commit(conn, prepare_body(item, self.settings, labelled_gzip=labelled_gzip))
 
     def message(self, conn: sqlite3.Connection, data: bytes, envelope: Envelope) -> Outcome:
         """A whole message: from the MTA pipe, a ``.eml`` file or a Maildir."""
         item = Received(envelope, data, self.clock())
-        if len(data) > self.settings.max_report_bytes * 2:
-            return self._refuse(conn, item, "message too large")
-        try:
-            found = mailreader.read_mail(data)
-        except mailreader.NotReport as exc:
-            self.store.add_raw(conn, item, NOT_REPORT, str(exc))
-            return Outcome(NOT_REPORT, str(exc))
-        verdict = verify(data, found.submitter, self.lookup)
-        envelope = dataclasses.replace(
-            envelope,
-            channel=envelope.channel or MAIL,
-            origin=envelope.origin or found.sender,
-            verified=verdict.verified,
-            auth=verdict.auth,
-            domain=found.domain,
-            submitter=found.submitter,
-        )
-        item = Received(envelope, data, item.received)
-        try:
-            payload, quirks = report_json(found.payload, self.settings.max_report_bytes)
-            if found.labelled_gzip and not found.payload.startswith(b"\x1f\x8b"):
-                quirks = (*quirks, "gzip-label-plain-json")
-            report = parse_report(payload, envelope)
-        except (TooLarge, BadPayload, Refused) as exc:
-            return self._refuse(conn, item, str(exc))
-        extra = set(quirks) | set(found.quirks)
-        if found.domain and found.domain.lower().rstrip(".") not in {
-            p.domain for p in report.policies
-        }:
-            # RFC 8460 section 5.3: the header should name the policy
-            # domain; the body wins, the difference is noted.
-            extra.add("header-domain-differs")
-        report = dataclasses.replace(report, quirks=tuple(sorted({*report.quirks, *extra})))
-        if not verdict.verified and self.settings.unverified_mail == "require":
-            # RFC 8460 section 3: unsigned reports should be ignored; kept
-            # raw (with the reason) so staff can see what was turned away.
-            self.store.add_raw(conn, item, UNVERIFIED, verdict.auth, _domains(report))
-            return Outcome(UNVERIFIED, verdict.auth, report.organization, report.report_id)
-        return self._keep(conn, item, report)
+        return self.commit(conn, prepare_message(item, self.settings, self.lookup))
 
-    def _refuse(self, conn: sqlite3.Connection, item: Received, reason: str) -> Outcome:
-        self.store.add_raw(conn, item, REFUSED, reason)
-        return Outcome(REFUSED, reason)
+    def commit(self, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
+        """Store what ``prepare_*`` made of an input, in ``conn``'s transaction."""
+        item, report = prepared.item, prepared.report
+        if prepared.outcome:
+            domains = _domains(report) if report is not None else []
+            self.store.add_raw(conn, item, prepared.outcome, prepared.reason, domains)
+            if report is None:
+                return Outcome(prepared.outcome, prepared.reason)
+            return Outcome(prepared.outcome, prepared.reason, report.organization, report.report_id)
+        assert report is not None
+        return self._keep(conn, item, report)
 
     def _keep(self, conn: sqlite3.Connection, item: Received, report: Report) -> Outcome:
         ours = tuple(p for p in report.policies if self.hosted(p.domain))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from policy_host.errors import PolicyHostError
@@ -63,8 +63,9 @@ class Refused(PolicyHostError):
     """The report cannot be used; ``str()`` says why."""
 
 
-def parse_report(data: bytes, envelope: Envelope) -> Report:
-    """Parse RFC 8460 section 4 JSON; ``Refused`` when it cannot be used."""
+def parse_report(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> Report:
+    """Parse RFC 8460 section 4 JSON; ``Refused`` when it cannot be used.
+    ``quirks``: those already seen on the way (in the mail or the body)."""
     try:
         doc = json.loads(data)
     except UnicodeDecodeError:
@@ -73,7 +74,9 @@ def parse_report(data: bytes, envelope: Envelope) -> Report:
         raise Refused("JSON nested too deeply") from None
     except ValueError as exc:
         raise Refused(f"not JSON: {str(exc)[:100]}") from None
-    return _Reader(envelope).report(doc)
+    reader = _Reader(envelope)
+    reader.quirks.update(quirks)
+    return reader.report(doc)
 
 
 class _Reader:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -65,8 +64,6 @@ class Input:
     data: bytes
     is_message: bool
     envelope: Envelope
-    # A Maildir message in new/, moved to cur/ once committed.
-    maildir_new: Path | None = None
 
 
 def message_cap(config: ProviderConfig) -> int:
@@ -110,50 +107,6 @@ def is_maildir(path: Path) -> bool:
     return (path / "new").is_dir() and (path / "cur").is_dir()
 
 
-def maildir_inputs(folder: Path, config: ProviderConfig) -> Iterator[Input]:
-    """New messages of a Maildir; each moves to cur/ once it is committed."""
-    new = folder / "new"
-    for name in sorted(os.listdir(new)):
-        path = new / name
-        if name.startswith(".") or not path.is_file():
-            continue
-        with path.open("rb") as handle:
-            try:
-                data = read_capped(handle, message_cap(config), str(path))
-            except TooLarge:
-                data = b""
-        yield Input(str(path), data, True, Envelope(MAIL, origin=f"maildir:{folder}"), path)
-
-
-def inputs(paths: list[Path], config: ProviderConfig) -> Iterator[Input | tuple[str, str]]:
-    """Every input under ``paths``; (name, reason) for a path that cannot be read."""
-    for path in paths:
-        try:
-            if is_maildir(path):
-                yield from maildir_inputs(path, config)
-            elif path.is_dir():
-                # Names sorted as strings: comparing Path objects costs more
-                # than reading a small report (docs/performance.md).
-                for name in sorted(os.listdir(path)):
-                    if not name.startswith("."):
-                        yield _file_or_reason(path / name, config)
-            else:
-                yield _file_or_reason(path, config)
-        except OSError as exc:
-            yield (str(path), f"cannot read: {exc.strerror or exc}")
-
-
-def _file_or_reason(path: Path, config: ProviderConfig) -> Input | tuple[str, str]:
-    try:
-        return file_input(path, message_cap(config))
-    except TooLarge as exc:
-        return (str(path), str(exc))
-    except IsADirectoryError:
-        return (str(path), "a folder inside a folder of reports (not read)")
-    except OSError as exc:
-        return (str(path), f"cannot read: {exc.strerror or exc}")
-
-
 def ingest_one(ingester: Ingester, conn: sqlite3.Connection, item: Input) -> Outcome:
     if item.is_message:
         if not item.data:
@@ -165,12 +118,3 @@ def ingest_one(ingester: Ingester, conn: sqlite3.Connection, item: Input) -> Out
     return ingester.report_body(
         conn, item.data, item.envelope, labelled_gzip=name.endswith((".gz", ".gzip"))
     )
-
-
-def mark_seen(item: Input) -> None:
-    """Move a committed Maildir message from new/ to cur/ (flag S, seen)."""
-    if item.maildir_new is None:
-        return
-    target = item.maildir_new.parent.parent / "cur" / (item.maildir_new.name + ":2,S")
-    with contextlib.suppress(FileNotFoundError):
-        item.maildir_new.rename(target)
