@@ -149,9 +149,9 @@ def copy_days(db: Path, days: int) -> None:
         shift = day * DAY
         conn.execute(
             "INSERT INTO report (id, organization, report_id, contact, start, end, received, "
-            "channel, verified, copies, quirks, raw) SELECT id + ?, organization, "
+            "channel, verified, copies, quirks) SELECT id + ?, organization, "
             "report_id || '-' || ?, contact, start - ?, end - ?, received - ?, channel, "
-            "verified, copies, quirks, NULL FROM report WHERE id <= ?",
+            "verified, copies, quirks FROM report WHERE id <= ?",
             (day * top, day, shift, shift, shift, top),
         )
         conn.execute(

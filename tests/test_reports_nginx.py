@@ -112,7 +112,7 @@ def test_a_report_posted_through_nginx_is_stored_with_the_client_address(front: 
     assert (status, body) == (200, b"stored\n")
     with Store(front.config.reports_db) as store:
         row = store.conn.execute(
-            "SELECT r.channel, r.origin FROM raw r JOIN report p ON p.raw = r.id "
+            "SELECT r.channel, r.origin FROM raw r JOIN report p ON r.report = p.id "
             "WHERE p.report_id = 'gzip-1'"
         ).fetchone()
     assert row == ("https", LOOPBACK)

@@ -295,7 +295,7 @@ def test_report_mail_through_postfix_and_dkim(mta: Mta) -> None:
             with sqlite3.connect(mta.config.reports_db) as conn:
                 rows = conn.execute(
                     "SELECT r.outcome, r.auth, p.report_id FROM raw r LEFT JOIN report p "
-                    "ON p.raw = r.id"
+                    "ON r.report = p.id"
                 ).fetchall()
             if len(rows) >= len(CASES):
                 break

@@ -25,9 +25,7 @@ from pathlib import Path
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
-from policy_host.reports.ingest import Outcome
 from policy_host.reports.model import OUR_SIDE
-from policy_host.reports.sources import ingest_one, make_ingester, message_cap, read_stdin
 from policy_host.reports.store import DUPLICATE, NOT_REPORT, REFUSED, STORED, Store, StoreError
 from policy_host.reports.summary import Limits, TenantSummary, summarise
 
@@ -88,8 +86,12 @@ def cmd_reports(args: argparse.Namespace, config: ProviderConfig) -> int:
 def cmd_ingest(paths: list[Path], config: ProviderConfig) -> int:
     if not paths or paths == [Path("-")]:
         return _ingest_pipe(config)
+    # Here, not at the top: the DKIM and DNS modules would cost every
+    # command's start-up otherwise.
     from policy_host.read.tenants import default_jobs
     from policy_host.reports import batch
+    from policy_host.reports.ingest import Outcome
+    from policy_host.reports.sources import make_ingester, message_cap
 
     job = batch.Job(config.tlsrpt, config.dns.resolver, config.dns.timeout, message_cap(config))
 
@@ -113,6 +115,8 @@ def cmd_ingest(paths: list[Path], config: ProviderConfig) -> int:
 
 def _ingest_pipe(config: ProviderConfig) -> int:
     """One message from standard input, committed before exit 0."""
+    from policy_host.reports.sources import ingest_one, make_ingester, read_stdin
+
     try:
         item = read_stdin(sys.stdin.buffer, config)
         with Store(config.reports_db) as store:

@@ -48,7 +48,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason TEXT NOT NULL,
             domains TEXT NOT NULL,
             body BLOB NOT NULL,
-            packed INTEGER NOT NULL
+            packed INTEGER NOT NULL,
+            report INTEGER
         )""",
         "CREATE INDEX raw_received ON raw (received)",
         """CREATE TABLE report (
@@ -63,7 +64,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             verified INTEGER NOT NULL,
             copies INTEGER NOT NULL DEFAULT 1,
             quirks TEXT NOT NULL,
-            raw INTEGER,
             UNIQUE (organization, report_id)
         )""",
         "CREATE INDEX report_received ON report (received)",
@@ -167,6 +167,9 @@ class Store:
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
+        # Daily totals of the open transaction, written when it commits.
+        self._daily: dict[tuple[str, int, int], list[int]] = {}
+        self._daily_failure: dict[tuple[str, int, int, str], int] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -202,10 +205,13 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
+        self._daily.clear()
+        self._daily_failure.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                self._flush_daily(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -222,12 +228,13 @@ class Store:
         outcome: str,
         reason: str = "",
         domains: Sequence[str] = (),
+        report_row: int | None = None,
     ) -> int:
         env = item.envelope
         body, packed = compress(item.body)
         cursor = conn.execute(
             "INSERT INTO raw (received, channel, origin, verified, auth, outcome, reason, "
-            "domains, body, packed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "domains, body, packed, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 item.received,
                 env.channel,
@@ -239,6 +246,7 @@ class Store:
                 " ".join(domains),
                 body,
                 int(packed),
+                report_row,
             ),
         )
         return int(cursor.lastrowid or 0)
@@ -252,25 +260,10 @@ class Store:
     ) -> str:
         """Store a parsed report (and its raw bytes); STORED or DUPLICATE."""
         env = item.envelope
-        found = conn.execute(
-            "SELECT id, verified FROM report WHERE organization = ? AND report_id = ?",
-            (report.organization, report.report_id),
-        ).fetchone()
-        if found is not None:
-            report_row, was_verified = found
-            conn.execute("UPDATE report SET copies = copies + 1 WHERE id = ?", (report_row,))
-            if env.verified and not was_verified:
-                conn.execute("UPDATE report SET verified = 1 WHERE id = ?", (report_row,))
-                self._roll(conn, report_row, -1, verified=False)
-                conn.execute("UPDATE result SET verified = 1 WHERE report = ?", (report_row,))
-                self._roll(conn, report_row, 1, verified=True)
-            return DUPLICATE
-        raw_row = self.add_raw(
-            conn, item, STORED, domains=sorted({p.domain for p in report.policies})
-        )
         cursor = conn.execute(
             "INSERT INTO report (organization, report_id, contact, start, end, received, "
-            "channel, verified, quirks, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "channel, verified, quirks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (organization, report_id) DO NOTHING",
             (
                 report.organization,
                 report.report_id,
@@ -281,10 +274,27 @@ class Store:
                 env.channel,
                 int(env.verified),
                 " ".join(report.quirks),
-                raw_row,
             ),
         )
-        report_row = cursor.lastrowid
+        if cursor.rowcount == 0:
+            report_row, was_verified = conn.execute(
+                "SELECT id, verified FROM report WHERE organization = ? AND report_id = ?",
+                (report.organization, report.report_id),
+            ).fetchone()
+            conn.execute("UPDATE report SET copies = copies + 1 WHERE id = ?", (report_row,))
+            if env.verified and not was_verified:
+                conn.execute("UPDATE report SET verified = 1 WHERE id = ?", (report_row,))
+                self._roll(conn, report_row, -1, verified=False)
+                conn.execute("UPDATE result SET verified = 1 WHERE report = ?", (report_row,))
+                self._roll(conn, report_row, 1, verified=True)
+            return DUPLICATE
+        report_row = int(cursor.lastrowid or 0)
+        self.add_raw(
+            conn, item, STORED, domains=sorted({p.domain for p in report.policies}),
+            report_row=report_row,
+        )  # fmt: skip
+        day = int(report.start // DAY)
+        verified = int(env.verified)
         for policy, tie in zip(report.policies, ties, strict=True):
             cursor = conn.execute(
                 "INSERT INTO result (report, domain, start, verified, policy_type, "
@@ -305,6 +315,15 @@ class Store:
                 ),
             )
             result_row = cursor.lastrowid
+            totals = self._daily.setdefault((policy.domain, day, verified), [0, 0, 0])
+            totals[0] += 1
+            totals[1] += policy.success
+            totals[2] += policy.failure
+            if not policy.details:
+                continue
+            for d in policy.details:
+                key = (policy.domain, day, verified, d.result_type)
+                self._daily_failure[key] = self._daily_failure.get(key, 0) + d.count
             conn.executemany(
                 "INSERT INTO detail (result, result_type, count, sending_mta_ip, "
                 "receiving_mx_hostname, receiving_mx_helo, receiving_ip, "
@@ -325,8 +344,22 @@ class Store:
                     for d in policy.details
                 ],
             )
-        self._roll(conn, report_row, 1, verified=env.verified)
         return STORED
+
+    def _flush_daily(self, conn: sqlite3.Connection) -> None:
+        """Add the daily totals gathered in this transaction (one upsert per
+        tenant and day, not per report)."""
+        conn.executemany(
+            "INSERT INTO daily VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "reports = reports + excluded.reports, success = success + excluded.success, "
+            "failure = failure + excluded.failure",
+            [(*key, *totals) for key, totals in self._daily.items()],
+        )
+        conn.executemany(
+            "INSERT INTO daily_failure VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "count = count + excluded.count",
+            [(*key, count) for key, count in self._daily_failure.items()],
+        )
 
     def _roll(
         self, conn: sqlite3.Connection, report_row: object, sign: int, *, verified: bool
@@ -359,8 +392,7 @@ class Store:
             )
             conn.execute(f"DELETE FROM result WHERE report IN ({old})", (now - keep_reports,))
             conn.execute(
-                "DELETE FROM raw WHERE id IN (SELECT raw FROM report WHERE received < ?)",
-                (now - keep_reports,),
+                "DELETE FROM raw WHERE outcome = ? AND received < ?", (STORED, now - keep_reports)
             )
             reports = conn.execute(
                 "DELETE FROM report WHERE received < ?", (now - keep_reports,)
