@@ -21,7 +21,7 @@ import sqlite3
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from policy_host.reports.model import OTHER, RESULT_TYPES, result_group, side
-from policy_host.reports.store import DUPLICATE, OUTCOMES
+from policy_host.reports.store import DAY, DUPLICATE, OUTCOMES
 from policy_host.reports.summary import Limits, summarise
 
 PREFIX = "policy_host_tlsrpt_"
@@ -47,10 +47,12 @@ def exposition(
         ["outcome"],
         registry=registry,
     )
+    # Whole UTC days, from the daily totals, as the summaries count them.
+    first, last = int(since // DAY), -int(-now // DAY)
     success, failure = conn.execute(
-        "SELECT coalesce(sum(success), 0), coalesce(sum(failure), 0) FROM result "
-        "WHERE start >= ? AND start < ?",
-        (since, now),
+        "SELECT coalesce(sum(success), 0), coalesce(sum(failure), 0) FROM daily "
+        "WHERE day >= ? AND day < ?",
+        (first, last),
     ).fetchone()
     sessions.labels("successful").set(success)
     sessions.labels("failed").set(failure)
@@ -63,9 +65,8 @@ def exposition(
     for result_type in (*RESULT_TYPES, OTHER):
         failed.labels(result_type, side(result_type)).set(0)
     for result_type, count in conn.execute(
-        "SELECT d.result_type, sum(d.count) FROM result r JOIN detail d ON d.result = r.id "
-        "WHERE r.start >= ? AND r.start < ? AND r.failure > 0 GROUP BY 1",
-        (since, now),
+        "SELECT result_type, sum(count) FROM daily_failure WHERE day >= ? AND day < ? GROUP BY 1",
+        (first, last),
     ):
         group = result_group(result_type)
         failed.labels(group, side(group)).inc(count)
