@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     checkcmd.register(sub, common)
+
+    from policy_host.cli import reports as reportscmd  # TLS reports: ingest and summaries
+
+    reportscmd.register(sub, common)
     return parser
 
 

@@ -46,6 +46,16 @@ DEFAULT_NGINX_TENANTS_CONF = "/etc/nginx/policy-host/tenants.conf"
 DEFAULT_NGINX_SNIPPET = "/etc/nginx/snippets/policy-host-tenant.conf"
 DEFAULT_NGINX_TEST = "nginx -t -q"
 DEFAULT_NGINX_RELOAD = "systemctl reload nginx"
+# TLS reports (RFC 8460). Mail without a DKIM signature that counts is kept
+# aside (`require`, as section 3 asks) or counted as unverified (`record`).
+UNVERIFIED_MAIL_CHOICES = ("require", "record")
+DEFAULT_UNVERIFIED_MAIL = "require"
+DEFAULT_REPORT_RETENTION_DAYS = 400
+DEFAULT_RAW_RETENTION_DAYS = 30
+# "A commonly observed receiver limit is ten megabytes" (RFC 8460 section 5.3).
+DEFAULT_MAX_REPORT_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_FAILURE_RATE = 0.05
+DEFAULT_MIN_SESSIONS = 100
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,39 @@ class NginxSettings:
 
 
 @dataclass(frozen=True)
+class TlsrptSettings:
+    """Receiving the customers' TLS reports (docs/reports.md)."""
+
+    # The report destinations we run: mailto: and/or https: URIs; they go in
+    # the rua= of every hosted _smtp._tls record.
+    rua: tuple[str, ...] = ()
+    # The zone holding hosted TLS-RPT records (<domain>.<zone> TXT).
+    zone: str | None = None
+    unverified_mail: str = DEFAULT_UNVERIFIED_MAIL
+    retention_days: int = DEFAULT_REPORT_RETENTION_DAYS
+    # Inputs that made no report (refused, foreign, unverified, not a report).
+    raw_retention_days: int = DEFAULT_RAW_RETENTION_DAYS
+    # Cap on a body as received and on the report once decompressed.
+    max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES
+    # `reports` exits 1 when a tenant fails more than this share of sessions
+    # (counted only from min_sessions sessions on), or on any failure that is
+    # about the policy host itself.
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
+    min_sessions: int = DEFAULT_MIN_SESSIONS
+
+    @property
+    def https_paths(self) -> tuple[str, ...]:
+        """The URL paths of the https: destinations (the POST route)."""
+        import urllib.parse
+
+        return tuple(
+            urllib.parse.urlsplit(uri).path or "/"
+            for uri in self.rua
+            if uri.lower().startswith("https:")
+        )
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     path: Path
     tenants_dir: Path
@@ -134,6 +177,12 @@ class ProviderConfig:
     check: CheckSettings = CheckSettings()
     acme: AcmeSettings = AcmeSettings()
     nginx: NginxSettings = NginxSettings()
+    tlsrpt: TlsrptSettings = TlsrptSettings()
+
+    @property
+    def reports_db(self) -> Path:
+        """The TLS report store (``reports.store``): SQLite in WAL mode."""
+        return self.state_dir / "reports.sqlite3"
 
     @property
     def state_db(self) -> Path:
@@ -236,6 +285,7 @@ def load_config(path: Path) -> ProviderConfig:
             "check",
             "acme",
             "nginx",
+            "tlsrpt",
         ),
         problems,
     )
@@ -279,10 +329,11 @@ def load_config(path: Path) -> ProviderConfig:
     check = _check_settings(fields.mapping("check", _CHECK_KEYS))
     acme = _acme_settings(fields.mapping("acme", _ACME_KEYS), base)
     nginx = _nginx_settings(fields.mapping("nginx", _NGINX_KEYS), base)
+    tlsrpt = _tlsrpt_settings(fields.mapping("tlsrpt", _TLSRPT_KEYS))
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
     assert dns is not None and apply is not None and check is not None
-    assert acme is not None and nginx is not None
+    assert acme is not None and nginx is not None and tlsrpt is not None
     return ProviderConfig(
         path=path,
         tenants_dir=Path(os.path.normpath(base / tenants_dir)),
@@ -295,6 +346,7 @@ def load_config(path: Path) -> ProviderConfig:
         check=check,
         acme=acme,
         nginx=nginx,
+        tlsrpt=tlsrpt,
     )
 
 
@@ -455,4 +507,68 @@ def _nginx_settings(fields: Fields | None, base: Path) -> NginxSettings | None:
         snippet=_path(fields, "snippet", DEFAULT_NGINX_SNIPPET, base),
         test_command=_command(fields, "test_command", DEFAULT_NGINX_TEST),
         reload_command=_command(fields, "reload_command", DEFAULT_NGINX_RELOAD),
+    )
+
+
+_TLSRPT_KEYS = (
+    "rua",
+    "zone",
+    "unverified_mail",
+    "retention_days",
+    "raw_retention_days",
+    "max_report_bytes",
+    "max_failure_rate",
+    "min_sessions",
+)
+
+
+def _tlsrpt_settings(fields: Fields | None) -> TlsrptSettings | None:
+    if fields is None:
+        return None
+    from policy_host.model import check_rua
+
+    rua = []
+    for text, line in fields.text_list("rua", allow_single=True) or []:
+        try:
+            rua.append(check_rua(text))
+        except InvalidValue as exc:
+            fields.error(line, f"tlsrpt.rua: {exc}")
+    zone = fields.text("zone")
+    if zone is not None:
+        try:
+            # Usually "_smtp._tls.provider.example": underscore labels first.
+            plain = [label for label in zone.split(".") if not label.startswith("_")]
+            hostname(".".join(plain), what="tlsrpt.zone")
+            zone = zone.lower()
+        except InvalidValue as exc:
+            fields.error(fields.line("zone"), str(exc))
+    unverified = fields.text("unverified_mail") or DEFAULT_UNVERIFIED_MAIL
+    if unverified not in UNVERIFIED_MAIL_CHOICES:
+        fields.error(
+            fields.line("unverified_mail"),
+            f"tlsrpt.unverified_mail: expected one of {', '.join(UNVERIFIED_MAIL_CHOICES)} "
+            f"(got {unverified!r})",
+        )
+    rate = fields.entries.get("max_failure_rate")
+    max_rate = DEFAULT_MAX_FAILURE_RATE
+    if rate is not None:
+        if isinstance(rate.value, bool) or not isinstance(rate.value, int | float):
+            fields.error(rate.line, "tlsrpt.max_failure_rate: expected a number 0..1")
+        elif not 0 <= rate.value <= 1:
+            fields.error(rate.line, f"tlsrpt.max_failure_rate: expected 0..1 (got {rate.value})")
+        else:
+            max_rate = float(rate.value)
+    return TlsrptSettings(
+        rua=tuple(rua),
+        zone=zone,
+        unverified_mail=unverified,
+        retention_days=_ranged(fields, "retention_days", 1, 36_500, DEFAULT_REPORT_RETENTION_DAYS),
+        raw_retention_days=_ranged(
+            fields, "raw_retention_days", 1, 36_500, DEFAULT_RAW_RETENTION_DAYS
+        ),
+        max_report_bytes=_ranged(
+            fields, "max_report_bytes", 1024, 1024**3, DEFAULT_MAX_REPORT_BYTES
+        ),
+        max_failure_rate=max_rate,
+        min_sessions=_ranged(fields, "min_sessions", 0, 10**9, DEFAULT_MIN_SESSIONS),
     )

@@ -115,7 +115,11 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(snapshot_path=self.config.snapshot_path, watch_interval=WATCH_INTERVAL)
+        return create_app(
+            snapshot_path=self.config.snapshot_path,
+            watch_interval=WATCH_INTERVAL,
+            reports_config=self.config,
+        )
 
 
 def compile_in_background(

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from policy_host.errors import PolicyHostError
 from policy_host.fileio import Identity, identity_if_readable
-from policy_host.read.config import config_path, load_config
+from policy_host.read.config import ProviderConfig, config_path, load_config
 from policy_host.serve.snapshot import (
     JOURNAL_NAME,
     Journal,
@@ -238,6 +238,7 @@ def create_app(
     snapshot_path: Path | None = None,
     watch_interval: float | None = None,
     fast_path: bool = True,
+    reports_config: ProviderConfig | None = None,
 ) -> Flask:
     """The WSGI app.
 
@@ -247,12 +248,14 @@ def create_app(
     default), compiling a snapshot first if none exists yet. With
     ``watch_interval`` the snapshot is watched and changes go live by
     themselves (see ``PolicyTable``). ``fast_path`` answers the policy
-    requests before Flask's machinery (see ``PolicyFastPath``).
+    requests before Flask's machinery (see ``PolicyFastPath``). With
+    ``reports_config`` (or a config read here) whose ``tlsrpt.rua`` has
+    https: URIs, their paths take TLS reports by POST (``reports.receive``).
     """
     app = Flask(__name__)
     if policies is None:
         if snapshot_path is None:
-            config = load_config(config_path(None))
+            config = reports_config = load_config(config_path(None))
             snapshot_path = config.snapshot_path
             if snapshot_id(snapshot_path) is None:  # none yet
                 compile_snapshot(config)
@@ -288,6 +291,27 @@ def create_app(
             response.headers["Allow"] = "GET, HEAD"
         return response
 
+    if reports_config is not None and reports_config.tlsrpt.https_paths:
+        _add_report_route(app, reports_config)
+
     if fast_path:
         app.wsgi_app = PolicyFastPath(table, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def _add_report_route(app: Flask, config: ProviderConfig) -> None:
+    """POST of TLS reports (RFC 8460 section 3) to the configured paths.
+    Only POST reaches this view; the policy fast path never sees it."""
+    from policy_host.reports.receive import Receiver
+
+    receiver = Receiver(config)
+
+    def tlsrpt() -> Response:
+        # nginx (nginx/policy-host-reports.conf) sets X-Real-IP; gunicorn
+        # listens where only nginx can reach it.
+        client = request.headers.get("X-Real-IP") or request.remote_addr or ""
+        answer = receiver.receive(request.stream, request.content_length, request.mimetype, client)
+        return _plain(answer.status, answer.text)
+
+    for path in receiver.paths:
+        app.add_url_rule(path, "tlsrpt", tlsrpt, methods=["POST"], provide_automatic_options=False)

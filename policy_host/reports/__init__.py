@@ -1,0 +1,1 @@
+"""TLS reports (RFC 8460): receiving, parsing, storing and summarising them."""

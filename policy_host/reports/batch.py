@@ -1,0 +1,162 @@
+"""``reports ingest PATH...``: many files and Maildir messages at once.
+
+Reading, decompressing, parsing and DKIM-checking each input (``prepare``)
+needs no store, so a pool of processes does it, one per core; the parent
+stores what they made in order, in transactions of ``BATCH`` inputs, and
+moves committed Maildir messages from new/ to cur/. With one core, or few
+inputs, everything runs in the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from policy_host.read.config import TlsrptSettings
+from policy_host.reports.decode import TooLarge, read_capped
+from policy_host.reports.dkimcheck import resolver_lookup
+from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
+from policy_host.reports.model import MAIL, Envelope
+from policy_host.reports.sources import file_input, is_maildir
+from policy_host.reports.store import REFUSED, Received
+
+# Inputs per transaction: few fsyncs, little to redo after a crash.
+BATCH = 500
+# Below this many inputs a pool costs more than it saves.
+POOL_FROM = 200
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    # The Maildir folder when ``path`` is a message in its new/.
+    maildir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to prepare an input (sent to it once)."""
+
+    settings: TlsrptSettings
+    dns_server: tuple[str, int] | None
+    dns_timeout: float
+    cap: int
+
+
+@dataclass(frozen=True)
+class Done:
+    name: str
+    prepared: Prepared | None
+    reason: str = ""  # why ``name`` could not be read
+    maildir_new: Path | None = None
+
+
+def sources(paths: list[Path]) -> Iterator[Source | Done]:
+    """Every input under ``paths``, in a stable order; a ``Done`` with a
+    reason for a path that cannot be listed."""
+    for path in paths:
+        try:
+            if is_maildir(path):
+                for name in sorted(os.listdir(path / "new")):
+                    if not name.startswith("."):
+                        yield Source(path / "new" / name, path)
+            elif path.is_dir():
+                # Names sorted as strings: comparing Path objects costs more
+                # than reading a small report (docs/performance.md).
+                for name in sorted(os.listdir(path)):
+                    if not name.startswith("."):
+                        yield Source(path / name)
+            else:
+                yield Source(path)
+        except OSError as exc:
+            yield Done(str(path), None, f"cannot read: {exc.strerror or exc}")
+
+
+def prepare(job: Job, source: Source | Done) -> Done:
+    """Read and judge one input (in a worker process)."""
+    if isinstance(source, Done):
+        return source
+    name = str(source.path)
+    try:
+        if source.maildir is not None:
+            with source.path.open("rb") as handle:
+                data = read_capped(handle, job.cap, name)
+            envelope = Envelope(MAIL, origin=f"maildir:{source.maildir}")
+            is_message = True
+        else:
+            loaded = file_input(source.path, job.cap)
+            data, envelope, is_message = loaded.data, loaded.envelope, loaded.is_message
+    except TooLarge as exc:
+        return Done(name, None, str(exc))
+    except IsADirectoryError:
+        return Done(name, None, "a folder inside a folder of reports (not read)")
+    except OSError as exc:
+        return Done(name, None, f"cannot read: {exc.strerror or exc}")
+    item = Received(envelope, data, time.time())
+    if not is_message:
+        labelled = name.lower().endswith((".gz", ".gzip"))
+        prepared = prepare_body(item, job.settings, labelled_gzip=labelled)
+    elif not data:
+        prepared = Prepared(item, outcome=REFUSED, reason="message too large or empty")
+    else:
+        lookup = resolver_lookup(job.dns_server, job.dns_timeout)
+        prepared = prepare_message(item, job.settings, lookup)
+    new = source.path if source.maildir is not None else None
+    return Done(name, prepared, maildir_new=new)
+
+
+def mark_seen(message: Path) -> None:
+    """Move a committed Maildir message from new/ to cur/ (flag S, seen)."""
+    target = message.parent.parent / "cur" / (message.name + ":2,S")
+    with contextlib.suppress(FileNotFoundError):
+        message.rename(target)
+
+
+def run(
+    ingester: Ingester,
+    paths: list[Path],
+    job: Job,
+    jobs: int,
+    report: Callable[[str, Outcome], None],
+) -> Counter[str]:
+    """Ingest everything under ``paths``; ``report`` hears of every input
+    that was not stored (or a duplicate). Returns counts by outcome."""
+    counts: Counter[str] = Counter()
+    listed = list(sources(paths))
+    work = functools.partial(prepare, job)
+    pool = None
+    if jobs > 1 and len(listed) >= POOL_FROM:
+        # fork: the workers need nothing but ``job``; the store stays here.
+        pool = multiprocessing.get_context("fork").Pool(jobs)
+    try:
+        done = pool.imap(work, listed, chunksize=64) if pool else map(work, listed)
+        pending = iter(done)
+        while True:
+            batch: list[Done] = []
+            with ingester.store.transaction() as conn:
+                for result in pending:
+                    batch.append(result)
+                    if result.prepared is None:
+                        outcome = Outcome("unreadable", result.reason)
+                    else:
+                        outcome = ingester.commit(conn, result.prepared)
+                    counts[outcome.outcome] += 1
+                    report(result.name, outcome)
+                    if len(batch) >= BATCH:
+                        break
+            for result in batch:
+                if result.maildir_new is not None and result.prepared is not None:
+                    mark_seen(result.maildir_new)
+            if len(batch) < BATCH:
+                return counts
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()

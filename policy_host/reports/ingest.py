@@ -1,0 +1,162 @@
+"""One input -> what became of it: the raw bytes kept, and a report stored.
+
+Each entry point takes one kind of input (a report body from HTTPS or a
+file, a whole message from mail, a file or a Maildir) and works inside a
+transaction its caller opened, so the caller decides when it is durable:
+the HTTPS view and the MTA pipe commit each input before answering, a batch
+of files commits every few hundred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from policy_host.read.config import TlsrptSettings
+from policy_host.reports import mail as mailreader
+from policy_host.reports.decode import BadPayload, TooLarge, report_json
+from policy_host.reports.dkimcheck import TxtLookup, verify
+from policy_host.reports.model import MAIL, Envelope, Report
+from policy_host.reports.parse import Refused, parse_report
+from policy_host.reports.policies import ServedHistory
+from policy_host.reports.store import (
+    FOREIGN,
+    NOT_REPORT,
+    REFUSED,
+    UNVERIFIED,
+    Received,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # store.OUTCOMES
+    reason: str = ""
+    organization: str = ""
+    report_id: str = ""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An input read and judged, not stored yet: either a ``report`` to
+    keep, or an ``outcome`` (refused, not a report, unverified) with its
+    reason. Made by ``prepare_body``/``prepare_message``, which touch no
+    store, so a pool of processes can make them while one process stores."""
+
+    item: Received
+    report: Report | None = None
+    outcome: str = ""
+    reason: str = ""
+
+
+def prepare_body(item: Received, settings: TlsrptSettings, *, labelled_gzip: bool) -> Prepared:
+    """A report as POSTed or as a ``.json``/``.json.gz`` file."""
+    body = item.body
+    try:
+        data, quirks = report_json(body, settings.max_report_bytes)
+        if labelled_gzip and not body.startswith(b"\x1f\x8b"):
+            quirks = (*quirks, "gzip-label-plain-json")
+        report = parse_report(data, item.envelope, quirks)
+    except (TooLarge, BadPayload, Refused) as exc:
+        return Prepared(item, outcome=REFUSED, reason=str(exc))
+    return Prepared(item, report)
+
+
+def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup) -> Prepared:
+    """A whole message: from the MTA pipe, a ``.eml`` file or a Maildir."""
+    data = item.body
+    if len(data) > settings.max_report_bytes * 2:
+        return Prepared(item, outcome=REFUSED, reason="message too large")
+    try:
+        found = mailreader.read_mail(data)
+    except mailreader.NotReport as exc:
+        return Prepared(item, outcome=NOT_REPORT, reason=str(exc))
+    verdict = verify(data, found.submitter, lookup)
+    envelope = dataclasses.replace(
+        item.envelope,
+        channel=item.envelope.channel or MAIL,
+        origin=item.envelope.origin or found.sender,
+        verified=verdict.verified,
+        auth=verdict.auth,
+        domain=found.domain,
+        submitter=found.submitter,
+    )
+    item = Received(envelope, data, item.received)
+    try:
+        payload, quirks = report_json(found.payload, settings.max_report_bytes)
+        if found.labelled_gzip and not found.payload.startswith(b"\x1f\x8b"):
+            quirks = (*quirks, "gzip-label-plain-json")
+        report = parse_report(payload, envelope, (*quirks, *found.quirks))
+    except (TooLarge, BadPayload, Refused) as exc:
+        return Prepared(item, outcome=REFUSED, reason=str(exc))
+    if found.domain and found.domain.lower().rstrip(".") not in {p.domain for p in report.policies}:
+        # RFC 8460 section 5.3: the header should name the policy domain;
+        # the body wins, the difference is noted.
+        report = dataclasses.replace(
+            report, quirks=tuple(sorted({*report.quirks, "header-domain-differs"}))
+        )
+    if not verdict.verified and settings.unverified_mail == "require":
+        # RFC 8460 section 3: unsigned reports should be ignored; kept raw
+        # (with the reason) so staff can see what was turned away.
+        return Prepared(item, report, UNVERIFIED, verdict.auth)
+    return Prepared(item, report)
+
+
+@dataclass
+class Ingester:
+    """What storing needs, passed in: the store, the hosted domains, what
+    we served (for ``policies``), the DKIM key lookup and the clock."""
+
+    store: Store
+    settings: TlsrptSettings
+    hosted: Callable[[str], bool]
+    history: ServedHistory
+    lookup: TxtLookup
+    clock: Callable[[], float]
+
+    def report_body(
+        self, conn: sqlite3.Connection, body: bytes, envelope: Envelope, *, labelled_gzip: bool
+    ) -> Outcome:
+        """A report as POSTed or as a ``.json``/``.json.gz`` file."""
+        item = Received(envelope, body, self.clock())
+        return self.commit(conn, prepare_body(item, self.settings, labelled_gzip=labelled_gzip))
+
+    def message(self, conn: sqlite3.Connection, data: bytes, envelope: Envelope) -> Outcome:
+        """A whole message: from the MTA pipe, a ``.eml`` file or a Maildir."""
+        item = Received(envelope, data, self.clock())
+        return self.commit(conn, prepare_message(item, self.settings, self.lookup))
+
+    def commit(self, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
+        """Store what ``prepare_*`` made of an input, in ``conn``'s transaction."""
+        item, report = prepared.item, prepared.report
+        if prepared.outcome:
+            domains = _domains(report) if report is not None else []
+            self.store.add_raw(conn, item, prepared.outcome, prepared.reason, domains)
+            if report is None:
+                return Outcome(prepared.outcome, prepared.reason)
+            return Outcome(prepared.outcome, prepared.reason, report.organization, report.report_id)
+        assert report is not None
+        return self._keep(conn, item, report)
+
+    def _keep(self, conn: sqlite3.Connection, item: Received, report: Report) -> Outcome:
+        ours = tuple(p for p in report.policies if self.hosted(p.domain))
+        if report.policies and not ours:
+            domains = _domains(report)
+            reason = "no hosted domain: " + " ".join(domains)
+            self.store.add_raw(conn, item, FOREIGN, reason, domains)
+            return Outcome(FOREIGN, reason, report.organization, report.report_id)
+        if len(ours) != len(report.policies):
+            report = dataclasses.replace(report, policies=ours)
+        ties = [self.history.tie(policy, report.start) for policy in ours]
+        outcome = self.store.add_report(conn, item, report, ties)
+        return Outcome(outcome, "", report.organization, report.report_id)
+
+
+def _domains(report: Report) -> list[str]:
+    return sorted({p.domain or "?" for p in report.policies})

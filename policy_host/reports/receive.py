@@ -1,0 +1,121 @@
+"""The HTTPS report endpoint (RFC 8460 section 3): one POST in, one answer out.
+
+The Flask route in ``serve.web`` hands the request body stream here. A 2xx
+answer is sent only after the raw report is committed (``synchronous=FULL``):
+a sender that gets 2xx will not retry, so nothing may be lost after it. The
+endpoint is public and unauthenticated by design; every report records the
+client address it came from, and HTTPS reports are never ``verified``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO
+
+from policy_host.read.config import ProviderConfig
+from policy_host.reports.decode import TooLarge, read_capped
+from policy_host.reports.dkimcheck import resolver_lookup
+from policy_host.reports.ingest import Ingester
+from policy_host.reports.model import HTTPS, Envelope
+from policy_host.reports.policies import ServedHistory
+from policy_host.reports.sources import hosted_domains
+from policy_host.reports.store import DUPLICATE, FOREIGN, REFUSED, STORED, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# RFC 8460 section 5.3's media types; ``application/json`` and ``gzip`` and
+# ``octet-stream`` are what some senders send instead. The body decides.
+MEDIA_TYPES = {
+    "application/tlsrpt+gzip": True,
+    "application/tlsrpt+json": False,
+    "application/gzip": True,
+    "application/json": False,
+    "application/octet-stream": True,
+}
+# How long the hosted domains and the served history are trusted before
+# they are read again (both change only when staff run apply or reload).
+REFRESH_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    text: str
+
+
+class Receiver:
+    """What a worker needs to take reports: per-thread store connections
+    (opened on first use, after gunicorn forked the worker), and the hosted
+    domains and served history, read again every ``REFRESH_SECONDS``."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.paths = config.tlsrpt.https_paths
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._loaded_at = float("-inf")
+        self._hosted: frozenset[str] = frozenset()
+        self._history = ServedHistory(())
+        self._lookup = resolver_lookup(config.dns.resolver, config.dns.timeout)
+
+    def _context(self) -> tuple[frozenset[str], ServedHistory]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._loaded_at > REFRESH_SECONDS:
+                self._hosted = hosted_domains(self.config)
+                self._history = ServedHistory.load(self.config.state_db)
+                self._loaded_at = now
+            return self._hosted, self._history
+
+    def _store(self) -> Store:
+        store: Store | None = getattr(self._local, "store", None)
+        if store is None or getattr(self._local, "pid", None) != os.getpid():
+            store = Store(self.config.reports_db)
+            self._local.store, self._local.pid = store, os.getpid()
+        return store
+
+    def receive(
+        self, stream: IO[bytes], length: int | None, media_type: str, client: str
+    ) -> Answer:
+        cap = self.config.tlsrpt.max_report_bytes
+        if media_type not in MEDIA_TYPES:
+            return Answer(415, "expected application/tlsrpt+gzip or application/tlsrpt+json")
+        if length is not None and length > cap:
+            return Answer(413, f"report larger than {cap} bytes")
+        try:
+            body = read_capped(stream, cap, "report")
+        except TooLarge as exc:
+            return Answer(413, str(exc))
+        if not body:
+            return Answer(400, "empty body")
+        try:
+            hosted, history = self._context()
+            store = self._store()
+            ingester = Ingester(
+                store=store,
+                settings=self.config.tlsrpt,
+                hosted=hosted.__contains__,
+                history=history,
+                lookup=self._lookup,
+                clock=time.time,
+            )
+            envelope = Envelope(HTTPS, origin=client)
+            with store.transaction() as conn:
+                outcome = ingester.report_body(
+                    conn, body, envelope, labelled_gzip=MEDIA_TYPES[media_type]
+                )
+        except StoreError as exc:
+            log.error("report from %s not stored: %s", client, exc)
+            self._local.store = None
+            return Answer(503, "cannot store the report now; try again later")
+        if outcome.outcome in (STORED, DUPLICATE):
+            return Answer(200, outcome.outcome)
+        if outcome.outcome == FOREIGN:
+            return Answer(202, "accepted; no domain in it is hosted here")
+        assert outcome.outcome == REFUSED
+        status = 413 if "larger than" in outcome.reason else 400
+        return Answer(status, f"refused: {outcome.reason}")

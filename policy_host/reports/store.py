@@ -1,0 +1,418 @@
+"""The report store: SQLite in WAL mode in ``state_dir``.
+
+Every input is first a ``raw`` row (its bytes gzip-compressed, how it came,
+what became of it), so nothing received is ever silently dropped. A usable
+report adds one ``report`` row, a ``result`` row per policy and a ``detail``
+row per failure detail. Senders deliver to every ``rua`` and retry (RFC 8460
+section 3), so a report is stored once, keyed by its organisation and
+``report-id``; later copies only raise ``copies`` (and mark it verified when
+a verified copy comes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from policy_host.errors import PolicyHostError
+from policy_host.reports.model import Envelope, Report
+
+BUSY_TIMEOUT = 10.0
+
+# What became of an input (raw.outcome).
+STORED = "stored"
+DUPLICATE = "duplicate"
+REFUSED = "refused"  # not a usable report: the reason says why
+FOREIGN = "foreign"  # only domains we do not host
+UNVERIFIED = "unverified"  # mail without a DKIM signature that counts, under `require`
+NOT_REPORT = "not-report"  # mail that is no TLS report at all
+OUTCOMES = (STORED, DUPLICATE, REFUSED, FOREIGN, UNVERIFIED, NOT_REPORT)
+
+# Each migration takes the schema from its index to the next version; the
+# database's user_version says how many have run.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE raw (
+            id INTEGER PRIMARY KEY,
+            received REAL NOT NULL,
+            channel TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            verified INTEGER NOT NULL,
+            auth TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            domains TEXT NOT NULL,
+            body BLOB NOT NULL,
+            packed INTEGER NOT NULL,
+            report INTEGER
+        )""",
+        "CREATE INDEX raw_received ON raw (received)",
+        """CREATE TABLE report (
+            id INTEGER PRIMARY KEY,
+            organization TEXT NOT NULL,
+            report_id TEXT NOT NULL,
+            contact TEXT,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            received REAL NOT NULL,
+            channel TEXT NOT NULL,
+            verified INTEGER NOT NULL,
+            copies INTEGER NOT NULL DEFAULT 1,
+            quirks TEXT NOT NULL,
+            UNIQUE (organization, report_id)
+        )""",
+        "CREATE INDEX report_received ON report (received)",
+        """CREATE TABLE result (
+            id INTEGER PRIMARY KEY,
+            report INTEGER NOT NULL,
+            domain TEXT NOT NULL,
+            start REAL NOT NULL,
+            verified INTEGER NOT NULL,
+            policy_type TEXT NOT NULL,
+            policy_string TEXT NOT NULL,
+            mx_host TEXT NOT NULL,
+            success INTEGER NOT NULL,
+            failure INTEGER NOT NULL,
+            policy_id TEXT,
+            policy_match TEXT NOT NULL
+        )""",
+        "CREATE INDEX result_domain ON result (domain, start)",
+        "CREATE INDEX result_start ON result (start, domain, success, failure)",
+        "CREATE INDEX result_report ON result (report)",
+        """CREATE TABLE detail (
+            result INTEGER NOT NULL,
+            result_type TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            sending_mta_ip TEXT,
+            receiving_mx_hostname TEXT,
+            receiving_mx_helo TEXT,
+            receiving_ip TEXT,
+            additional_information TEXT,
+            failure_reason_code TEXT
+        )""",
+        "CREATE INDEX detail_result ON detail (result)",
+    ),
+    # Daily totals per tenant, kept as reports are stored, so summaries over
+    # all tenants read one row per tenant and day instead of every report
+    # (docs/performance.md). Filled from the stored rows when migrating.
+    (
+        """CREATE TABLE daily (
+            domain TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            verified INTEGER NOT NULL,
+            reports INTEGER NOT NULL,
+            success INTEGER NOT NULL,
+            failure INTEGER NOT NULL,
+            PRIMARY KEY (domain, day, verified)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX daily_day ON daily (day)",
+        """CREATE TABLE daily_failure (
+            domain TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            verified INTEGER NOT NULL,
+            result_type TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (domain, day, verified, result_type)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX daily_failure_day ON daily_failure (day)",
+        "INSERT INTO daily SELECT domain, CAST(start / 86400 AS INTEGER), verified, count(*), "
+        "sum(success), sum(failure) FROM result GROUP BY 1, 2, 3",
+        "INSERT INTO daily_failure SELECT r.domain, CAST(r.start / 86400 AS INTEGER), r.verified, "
+        "d.result_type, sum(d.count) FROM result r JOIN detail d ON d.result = r.id "
+        "GROUP BY 1, 2, 3, 4",
+    ),
+)
+DAY = 86_400
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(PolicyHostError):
+    """The report store cannot be opened, read or written (try again later)."""
+
+    exit_status = 75  # EX_TEMPFAIL: an MTA keeps the message and retries
+
+
+@dataclass(frozen=True)
+class Tie:
+    """Which served policy a report's result was made against."""
+
+    policy_id: str | None
+    match: str  # see policies.MATCHES
+
+
+@dataclass(frozen=True)
+class Received:
+    """One input as it arrived, before anything was made of it."""
+
+    envelope: Envelope
+    body: bytes
+    received: float
+
+
+def compress(body: bytes) -> tuple[bytes, bool]:
+    """Raw bytes as kept, and whether we packed them: gzip bodies as sent
+    (compressing them again gains nothing), anything else gzip-compressed."""
+    if body.startswith(b"\x1f\x8b"):
+        return body, False
+    return gzip.compress(body, compresslevel=6, mtime=0), True
+
+
+class Store:
+    """The report database, opened for reading and writing."""
+
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        self.path = path
+        # Daily totals of the open transaction, written when it commits.
+        self._daily: dict[tuple[str, int, int], list[int]] = {}
+        self._daily_failure: dict[tuple[str, int, int, str], int] = {}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we answer 2xx or exit 0.
+            self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{path}: cannot open the report store: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: report store has schema version {version}; this "
+                    f"policy-host knows {SCHEMA_VERSION}: upgrade policy-host"
+                )
+            for steps in MIGRATIONS[version:]:
+                for statement in steps:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        self._daily.clear()
+        self._daily_failure.clear()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                self._flush_daily(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot write the report store: {exc}") from exc
+
+    def add_raw(
+        self,
+        conn: sqlite3.Connection,
+        item: Received,
+        outcome: str,
+        reason: str = "",
+        domains: Sequence[str] = (),
+        report_row: int | None = None,
+    ) -> int:
+        env = item.envelope
+        body, packed = compress(item.body)
+        cursor = conn.execute(
+            "INSERT INTO raw (received, channel, origin, verified, auth, outcome, reason, "
+            "domains, body, packed, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.received,
+                env.channel,
+                env.origin,
+                int(env.verified),
+                env.auth,
+                outcome,
+                reason,
+                " ".join(domains),
+                body,
+                int(packed),
+                report_row,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def add_report(
+        self,
+        conn: sqlite3.Connection,
+        item: Received,
+        report: Report,
+        ties: Sequence[Tie],
+    ) -> str:
+        """Store a parsed report (and its raw bytes); STORED or DUPLICATE."""
+        env = item.envelope
+        cursor = conn.execute(
+            "INSERT INTO report (organization, report_id, contact, start, end, received, "
+            "channel, verified, quirks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (organization, report_id) DO NOTHING",
+            (
+                report.organization,
+                report.report_id,
+                report.contact,
+                report.start,
+                report.end,
+                item.received,
+                env.channel,
+                int(env.verified),
+                " ".join(report.quirks),
+            ),
+        )
+        if cursor.rowcount == 0:
+            report_row, was_verified = conn.execute(
+                "SELECT id, verified FROM report WHERE organization = ? AND report_id = ?",
+                (report.organization, report.report_id),
+            ).fetchone()
+            conn.execute("UPDATE report SET copies = copies + 1 WHERE id = ?", (report_row,))
+            if env.verified and not was_verified:
+                conn.execute("UPDATE report SET verified = 1 WHERE id = ?", (report_row,))
+                self._roll(conn, report_row, -1, verified=False)
+                conn.execute("UPDATE result SET verified = 1 WHERE report = ?", (report_row,))
+                self._roll(conn, report_row, 1, verified=True)
+            return DUPLICATE
+        report_row = int(cursor.lastrowid or 0)
+        self.add_raw(
+            conn, item, STORED, domains=sorted({p.domain for p in report.policies}),
+            report_row=report_row,
+        )  # fmt: skip
+        day = int(report.start // DAY)
+        verified = int(env.verified)
+        for policy, tie in zip(report.policies, ties, strict=True):
+            cursor = conn.execute(
+                "INSERT INTO result (report, domain, start, verified, policy_type, "
+                "policy_string, mx_host, success, failure, policy_id, policy_match) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    report_row,
+                    policy.domain,
+                    report.start,
+                    int(env.verified),
+                    policy.policy_type,
+                    json.dumps(policy.policy_string),
+                    json.dumps(policy.mx_host),
+                    policy.success,
+                    policy.failure,
+                    tie.policy_id,
+                    tie.match,
+                ),
+            )
+            result_row = cursor.lastrowid
+            totals = self._daily.setdefault((policy.domain, day, verified), [0, 0, 0])
+            totals[0] += 1
+            totals[1] += policy.success
+            totals[2] += policy.failure
+            if not policy.details:
+                continue
+            for d in policy.details:
+                key = (policy.domain, day, verified, d.result_type)
+                self._daily_failure[key] = self._daily_failure.get(key, 0) + d.count
+            conn.executemany(
+                "INSERT INTO detail (result, result_type, count, sending_mta_ip, "
+                "receiving_mx_hostname, receiving_mx_helo, receiving_ip, "
+                "additional_information, failure_reason_code) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        result_row,
+                        d.result_type,
+                        d.count,
+                        d.sending_mta_ip,
+                        d.receiving_mx_hostname,
+                        d.receiving_mx_helo,
+                        d.receiving_ip,
+                        d.additional_information,
+                        d.failure_reason_code,
+                    )
+                    for d in policy.details
+                ],
+            )
+        return STORED
+
+    def _flush_daily(self, conn: sqlite3.Connection) -> None:
+        """Add the daily totals gathered in this transaction (one upsert per
+        tenant and day, not per report)."""
+        conn.executemany(
+            "INSERT INTO daily VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "reports = reports + excluded.reports, success = success + excluded.success, "
+            "failure = failure + excluded.failure",
+            [(*key, *totals) for key, totals in self._daily.items()],
+        )
+        conn.executemany(
+            "INSERT INTO daily_failure VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "count = count + excluded.count",
+            [(*key, count) for key, count in self._daily_failure.items()],
+        )
+
+    def _roll(
+        self, conn: sqlite3.Connection, report_row: object, sign: int, *, verified: bool
+    ) -> None:
+        """Add (sign 1) or take away (-1) a stored report's rows in the daily totals."""
+        conn.execute(
+            "INSERT INTO daily SELECT domain, CAST(start / 86400 AS INTEGER), ?, ?, ? * success, "
+            "? * failure FROM result WHERE report = ? AND true ON CONFLICT DO UPDATE SET "
+            "reports = reports + excluded.reports, success = success + excluded.success, "
+            "failure = failure + excluded.failure",
+            (int(verified), sign, sign, sign, report_row),
+        )
+        conn.execute(
+            "INSERT INTO daily_failure SELECT r.domain, CAST(r.start / 86400 AS INTEGER), ?, "
+            "d.result_type, ? * d.count FROM result r JOIN detail d ON d.result = r.id "
+            "WHERE r.report = ? AND true ON CONFLICT DO UPDATE SET count = count + excluded.count",
+            (int(verified), sign, report_row),
+        )
+
+    def prune(self, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
+        """Drop reports received more than ``keep_reports`` seconds ago, and
+        raw inputs that made no report more than ``keep_raw`` seconds ago.
+        Returns (reports, raw rows) deleted."""
+        with self.transaction() as conn:
+            old = "SELECT id FROM report WHERE received < ?"
+            conn.execute(
+                "DELETE FROM detail WHERE result IN (SELECT id FROM result WHERE report IN "
+                f"({old}))",
+                (now - keep_reports,),
+            )
+            conn.execute(f"DELETE FROM result WHERE report IN ({old})", (now - keep_reports,))
+            conn.execute(
+                "DELETE FROM raw WHERE outcome = ? AND received < ?", (STORED, now - keep_reports)
+            )
+            reports = conn.execute(
+                "DELETE FROM report WHERE received < ?", (now - keep_reports,)
+            ).rowcount
+            # Daily totals by report day: as old as what retention dropped.
+            oldest = int((now - keep_reports) // DAY)
+            conn.execute("DELETE FROM daily WHERE day < ?", (oldest,))
+            conn.execute("DELETE FROM daily_failure WHERE day < ?", (oldest,))
+            raws = conn.execute(
+                "DELETE FROM raw WHERE outcome != ? AND received < ?", (STORED, now - keep_raw)
+            ).rowcount
+        return int(reports), int(raws)
+
+    def raw_body(self, raw_id: int) -> bytes:
+        """An input's bytes exactly as they were received."""
+        row = self.conn.execute("SELECT body, packed FROM raw WHERE id = ?", (raw_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no raw input {raw_id}")
+        return gzip.decompress(bytes(row[0])) if row[1] else bytes(row[0])
+
+    def outcomes(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT outcome, count(*) FROM raw GROUP BY outcome")
+        return {str(outcome): int(n) for outcome, n in rows}

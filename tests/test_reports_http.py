@@ -1,0 +1,111 @@
+"""TLS reports by HTTPS POST (RFC 8460 section 3) to the app: 2xx only once
+stored, 413 past the caps (compressed or not), 4xx for garbage, 503 when the
+store is unavailable; the policy GET path is untouched."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from support.reportenv import CORPUS, report_tree
+
+from policy_host.read.config import ProviderConfig
+from policy_host.reports.store import Store
+from policy_host.serve.snapshot import compile_snapshot
+from policy_host.serve.web import create_app
+
+PATH = "/v1/report"
+GZIP = "application/tlsrpt+gzip"
+JSON = "application/tlsrpt+json"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ProviderConfig:
+    return report_tree(tmp_path)
+
+
+@pytest.fixture
+def client(config: ProviderConfig) -> FlaskClient:
+    compile_snapshot(config)
+    app = create_app(snapshot_path=config.snapshot_path, reports_config=config)
+    return app.test_client()
+
+
+def _post(client: FlaskClient, body: bytes, media_type: str = GZIP) -> tuple[int, str]:
+    answer = client.post(
+        PATH, data=body, content_type=media_type, headers={"X-Real-IP": "192.0.2.9"}
+    )
+    return answer.status_code, answer.get_data(as_text=True).strip()
+
+
+def test_a_report_is_stored_once_and_says_so(client: FlaskClient, config: ProviderConfig) -> None:
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body) == (200, "stored")
+    assert _post(client, body) == (200, "duplicate")
+    with Store(config.reports_db) as store:
+        row = store.conn.execute("SELECT channel, origin, verified FROM raw").fetchone()
+    assert row == ("https", "192.0.2.9", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type", "expected"),
+    [
+        ("every-field.json", JSON, (200, "stored")),
+        ("plain-json-labelled.json.gz", GZIP, (200, "stored")),
+        ("foreign.json", JSON, (202, "accepted; no domain in it is hosted here")),
+        ("refused-not-json.json", JSON, (400, "refused: not JSON")),
+        ("refused-corrupt.json.gz", GZIP, (400, "refused: gzip data is truncated")),
+        ("every-field.json", "text/plain", (415, "expected application/tlsrpt+gzip")),
+    ],
+)
+def test_answers(
+    client: FlaskClient, name: str, media_type: str, expected: tuple[int, str]
+) -> None:
+    status, text = _post(client, (CORPUS / name).read_bytes(), media_type)
+    assert (status, text[: len(expected[1])]) == expected
+
+
+def test_too_large_is_413_before_reading(client: FlaskClient) -> None:
+    assert _post(client, b"{" + b" " * (11 * 1024 * 1024) + b"}", JSON) == (
+        413,
+        "report larger than 10485760 bytes",
+    )
+
+
+def test_gzip_bomb_is_413(client: FlaskClient) -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = packer.compress(b"{" + b" " * (64 * 1024 * 1024)) + packer.flush()
+    assert _post(client, bomb) == (
+        413,
+        "refused: decompressed report is larger than 10485760 bytes",
+    )
+
+
+def test_store_unavailable_is_503(client: FlaskClient, config: ProviderConfig) -> None:
+    config.reports_db.mkdir(parents=True)
+    body = gzip.compress((CORPUS / "every-field.json").read_bytes())
+    assert _post(client, body) == (503, "cannot store the report now; try again later")
+
+
+def test_only_post_reaches_the_report_path(client: FlaskClient) -> None:
+    assert client.get(PATH).status_code == 405
+    policy = client.get("/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.com"})
+    assert policy.status_code == 200
+    assert policy.data.startswith(b"version: STSv1\r\n")
+    assert client.post("/.well-known/mta-sts.txt").status_code == 405
+
+
+def test_without_an_https_rua_there_is_no_report_route(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    config.path.write_text(
+        config.path.read_text().replace(", https://tlsrpt.provider.example/v1/report", "")
+    )
+    from policy_host.read.config import load_config
+
+    plain = load_config(config.path)
+    compile_snapshot(plain)
+    app = create_app(snapshot_path=plain.snapshot_path, reports_config=plain)
+    assert app.test_client().post(PATH, data=b"{}", content_type=JSON).status_code == 404

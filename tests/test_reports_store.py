@@ -1,0 +1,163 @@
+"""The report store's schema version and retention, and how a report is tied
+to the policy version we served (from the apply state's history)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from support.reportenv import CORPUS, ingest_paths, make_ingester, report_tree
+
+from policy_host import state
+from policy_host.render import fingerprint
+from policy_host.reports.model import PolicyResult
+from policy_host.reports.policies import (
+    CURRENT,
+    NEVER_SERVED,
+    NOT_STS,
+    PREVIOUS,
+    STALE,
+    UNTRACKED,
+    ServedHistory,
+)
+from policy_host.reports.store import SCHEMA_VERSION, Store, StoreError
+
+DAY = 86_400.0
+
+
+def test_a_new_store_has_the_current_schema_version(tmp_path: Path) -> None:
+    with Store(tmp_path / "r.sqlite3") as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert store.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="upgrade policy-host") as caught:
+        Store(path)
+    assert caught.value.exit_status == 75
+
+
+def test_prune_drops_what_is_older_than_retention(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    store = Store(config.reports_db)
+    ingester = make_ingester(config, store)
+    now = 1_800_000_000.0
+    ingester.clock = lambda: now - 40 * DAY
+    ingest_paths(ingester, [CORPUS / "every-field.json", CORPUS / "refused-not-json.json"])
+    ingester.clock = lambda: now
+    ingest_paths(ingester, [CORPUS / "gzip.json.gz", CORPUS / "foreign.json"])
+    assert store.prune(now, keep_reports=30 * DAY, keep_raw=100 * DAY) == (1, 0)
+    conn = store.conn
+    assert conn.execute("SELECT report_id FROM report").fetchall() == [("gzip-1",)]
+    assert conn.execute("SELECT count(*) FROM detail").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM result").fetchone() == (1,)
+    assert sorted(r[0] for r in conn.execute("SELECT outcome FROM raw")) == [
+        "foreign",
+        "refused",
+        "stored",
+    ]
+    assert store.prune(now, keep_reports=30 * DAY, keep_raw=10 * DAY) == (0, 1)
+    assert sorted(r[0] for r in conn.execute("SELECT outcome FROM raw")) == ["foreign", "stored"]
+
+
+# -- which policy a sender used ---------------------------------------------
+
+BODY_A = b"version: STSv1\r\nmode: testing\r\nmx: mx1.example.com\r\nmax_age: 86400\r\n"
+BODY_B = b"version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmax_age: 604800\r\n"
+T1 = 1_700_000_000.0
+T2 = T1 + 10 * DAY
+
+
+def _publish(path: Path, body: bytes, policy_id: str, kind: str, now: float) -> None:
+    max_age = int(body.split(b"max_age: ")[1].split(b"\r")[0])
+    with state.Store(path) as store:
+        store.begin(
+            {"example.com": state.Pending(kind, policy_id, fingerprint(body), body, max_age)}, now
+        )
+        store.commit(["example.com"], now, confirmed=True)
+
+
+def _result(body: bytes, *, domain: str = "example.com", kind: str = "sts") -> PolicyResult:
+    lines = tuple(body.decode().split("\r\n")[:-1])
+    return PolicyResult(kind, domain, lines, (), 1, 0, ())
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> ServedHistory:
+    path = tmp_path / "state.sqlite3"
+    _publish(path, BODY_A, "idA", state.NEW, T1)
+    _publish(path, BODY_B, "idB", state.CHANGE, T2)
+    return ServedHistory.load(path)
+
+
+@pytest.mark.parametrize(
+    ("result", "start", "expected"),
+    [
+        (_result(BODY_B), T2 + DAY, ("idB", CURRENT)),
+        (_result(BODY_A), T2 + DAY / 2, ("idA", PREVIOUS)),
+        (_result(BODY_A), T2 + 2 * DAY, ("idA", STALE)),
+        (_result(BODY_A.replace(b"testing", b"enforce")), T2, (None, NEVER_SERVED)),
+        (_result(BODY_A, domain="example.net"), T2, (None, UNTRACKED)),
+        (_result(b"", kind="no-policy-found"), T2, (None, NOT_STS)),
+    ],
+    ids=["current", "previous", "stale", "never-served", "untracked", "not-sts"],
+)
+def test_a_report_is_tied_to_the_policy_it_used(
+    served: ServedHistory, result: PolicyResult, start: float, expected: tuple[str | None, str]
+) -> None:
+    tie = served.tie(result, start)
+    assert (tie.policy_id, tie.match) == expected
+
+
+def test_policy_string_with_spaces_around_lines_still_matches(served: ServedHistory) -> None:
+    lines = tuple(f" {line} " for line in BODY_B.decode().split("\r\n")[:-1])
+    tie = served.tie(PolicyResult("sts", "example.com", lines, (), 1, 0, ()), T2)
+    assert (tie.policy_id, tie.match) == ("idB", CURRENT)
+
+
+def _daily_matches_results(conn: sqlite3.Connection) -> None:
+    daily = conn.execute(
+        "SELECT domain, verified, sum(reports), sum(success), sum(failure) FROM daily "
+        "WHERE reports != 0 GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    results = conn.execute(
+        "SELECT domain, verified, count(*), sum(success), sum(failure) FROM result "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    assert daily == results
+    failures = conn.execute(
+        "SELECT domain, result_type, sum(count) FROM daily_failure GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    details = conn.execute(
+        "SELECT r.domain, d.result_type, sum(d.count) FROM detail d JOIN result r "
+        "ON r.id = d.result GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    assert failures == details
+
+
+def test_daily_totals_follow_every_report_stored(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    store = Store(config.reports_db)
+    ingester = make_ingester(config, store)
+    ingest_paths(ingester, sorted(CORPUS.iterdir()))
+    ingest_paths(ingester, [CORPUS / "every-field.json"])  # a duplicate changes nothing
+    _daily_matches_results(store.conn)
+    assert store.conn.execute("SELECT count(*) FROM daily").fetchone()[0] > 0
+
+
+def test_migrating_from_version_1_fills_the_daily_totals(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    with Store(config.reports_db) as store:
+        ingest_paths(make_ingester(config, store), sorted(CORPUS.iterdir()))
+        store.conn.execute("DROP TABLE daily")
+        store.conn.execute("DROP TABLE daily_failure")
+        store.conn.execute("PRAGMA user_version=1")
+    with Store(config.reports_db) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        _daily_matches_results(store.conn)
