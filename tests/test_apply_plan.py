@@ -248,7 +248,7 @@ def test_diff_shows_the_policy_lines() -> None:
 class FakeDns:
     """A primary that records what it is sent and answers TXT from it."""
 
-    key = TsigKey("k.", "hmac-sha256", "c2VjcmV0")
+    key: TsigKey | None = TsigKey("k.", "hmac-sha256", "c2VjcmV0")
     server = ("192.0.2.53", 53)
 
     def __init__(self, events: list[tuple[str, float]]) -> None:
