@@ -13,7 +13,7 @@ import pytest
 from policy_host.model import Policy, Tenant
 from policy_host.publish import apply as apply_mod
 from policy_host.publish.apply import run
-from policy_host.publish.environment import Changed, Environment
+from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
 from policy_host.publish.update import TsigKey
 from policy_host.read.config import ApplySettings, DnsSettings, ProviderConfig, ServeSettings
@@ -292,7 +292,7 @@ def fake_env(config: ProviderConfig, events: list[tuple[str, float]], **kw: obje
 
     table: dict[str, bytes] = {}
 
-    def reload(result: LoadResult, force: bool) -> Changed:
+    def reload(result: LoadResult, force: bool) -> ChangedDomains:
         events.append(("reload", time.monotonic()))
         compiled = compile_snapshot(config, loaded=result)
         table.clear()

@@ -24,7 +24,7 @@ from test_apply_plan import FakeDns, fake_config
 from policy_host.fetch import client_context, fetch_from
 from policy_host.publish.apply import run
 from policy_host.publish.environment import (
-    Changed,
+    ChangedDomains,
     Environment,
     real_environment,
     settle_time,
@@ -41,13 +41,13 @@ BODY = b"version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n"
 
 
 def recording_env(
-    config: ProviderConfig, extra: Changed, fetched: list[str], *, serve_extra: bool
+    config: ProviderConfig, extra: ChangedDomains, fetched: list[str], *, serve_extra: bool
 ) -> Environment:
     """A server whose compile reports ``extra`` as changed besides what it
     really changed; it serves ``extra`` only with ``serve_extra``."""
     table: dict[str, bytes] = {}
 
-    def reload(result: LoadResult, force: bool) -> Changed:
+    def reload(result: LoadResult, force: bool) -> ChangedDomains:
         compiled = compile_snapshot(config, loaded=result)
         table.clear()
         table.update(compiled.snapshot.policies_by_host())
@@ -95,7 +95,7 @@ def test_nothing_changed_and_nothing_planned_means_no_reload(tmp_path: Path) -> 
     (config.tenants_dir / "a.example.yaml").write_text("mode: none\nmax_age: 86400\n")
     calls: list[bool] = []
 
-    def reload(result: LoadResult, force: bool) -> Changed | None:
+    def reload(result: LoadResult, force: bool) -> ChangedDomains | None:
         calls.append(force)
         compiled = compile_snapshot(
             config, loaded=result, proceed=lambda changed: bool(changed) or force

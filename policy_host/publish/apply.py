@@ -28,7 +28,7 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError, Problem
 from policy_host.fileio import LockHeld, locked
-from policy_host.publish.environment import Changed, Environment
+from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
 from policy_host.publish.update import (
     PublishError,
@@ -300,7 +300,7 @@ def _execute(
 
     if plan.deletes:
         # The TXT is gone: now stop serving the withdrawal policy.
-        gone: Changed = {c.domain: None for c in plan.deletes}
+        gone: ChangedDomains = {c.domain: None for c in plan.deletes}
         changed = _reload(env, result, True, list(gone))
         _verify(config, env, {**(changed or {}), **gone})
         _done(env, report, UNSERVE)
@@ -308,7 +308,7 @@ def _execute(
 
 def _reload(
     env: Environment, result: LoadResult, force: bool, domains: list[str]
-) -> Changed | None:
+) -> ChangedDomains | None:
     try:
         return env.reload(result, force)
     except PolicyHostError as exc:

@@ -27,11 +27,11 @@ FETCH_TIMEOUT = 3.0
 Clock = Callable[[], float]
 # What a reload changed, by domain: the new bytes, or None when the domain
 # is no longer served.
-Changed = dict[str, bytes | None]
+ChangedDomains = dict[str, bytes | None]
 # (the validated load, whether to reload even when nothing changed) -> what
 # the reload changed; None when nothing changed, nothing was to be served
 # and so nothing was reloaded.
-Reloader = Callable[[LoadResult, bool], Changed | None]
+Reloader = Callable[[LoadResult, bool], ChangedDomains | None]
 # (upstream base URL, Host header) -> (HTTP status, body)
 Fetcher = Callable[[str, str], tuple[int, bytes]]
 # Called with each step's name once it is done (tests inject crashes here).
@@ -107,7 +107,7 @@ def real_environment(config: ProviderConfig) -> Environment:
     # One run's compiles share what they read and wrote.
     memo = SnapshotMemo()
 
-    def reload(result: LoadResult, force: bool) -> Changed | None:
+    def reload(result: LoadResult, force: bool) -> ChangedDomains | None:
         # As `policy-host reload` does: the snapshot (tenant files as this
         # run validated them + apply state) is rewritten and every worker
         # swaps it in memory (WATCH_INTERVAL), without a restart; the server

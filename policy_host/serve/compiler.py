@@ -35,7 +35,7 @@ from policy_host.state import fallback_policies
 log = logging.getLogger(__name__)
 
 # ``mta-sts.<domain>`` -> its new bytes, or None when no longer served.
-Changed = dict[str, bytes | None]
+ChangedHosts = dict[str, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Compiled:
     kept: list[str]
     # What differs from the snapshot served before (everything when there
     # was none).
-    changed: Changed
+    changed: ChangedHosts
     # False when ``proceed`` said not to write.
     written: bool = True
 
@@ -66,7 +66,7 @@ def compile_snapshot(
     jobs: int = 1,
     loaded: LoadResult | None = None,
     memo: SnapshotMemo | None = None,
-    proceed: Callable[[Changed], bool] | None = None,
+    proceed: Callable[[ChangedHosts], bool] | None = None,
 ) -> Compiled:
     """Load tenants, merge with the last snapshot, write the result.
 
@@ -94,7 +94,7 @@ def _compile(
     jobs: int,
     loaded: LoadResult | None,
     memo: SnapshotMemo,
-    proceed: Callable[[Changed], bool] | None,
+    proceed: Callable[[ChangedHosts], bool] | None,
 ) -> Compiled:
     found = served_policies(config.snapshot_path, memo)
     served, previous_id = found if found is not None else (None, "")
@@ -152,7 +152,7 @@ def _compile(
     return Compiled(snapshot, result, kept, changed)
 
 
-def changed_hosts(served: Mapping[str, bytes] | None, wanted: Mapping[str, bytes]) -> Changed:
+def changed_hosts(served: Mapping[str, bytes] | None, wanted: Mapping[str, bytes]) -> ChangedHosts:
     """What serving ``wanted`` changes where ``served`` was served (None:
     nothing known, so everything)."""
     return _changed(*changes(served, wanted), wanted)
@@ -160,8 +160,8 @@ def changed_hosts(served: Mapping[str, bytes] | None, wanted: Mapping[str, bytes
 
 def _changed(
     put: dict[str, bytes] | None, drop: Sequence[str], wanted: Mapping[str, bytes]
-) -> Changed:
-    changed: Changed = dict(put if put is not None else wanted)
+) -> ChangedHosts:
+    changed: ChangedHosts = dict(put if put is not None else wanted)
     changed.update(dict.fromkeys(drop))
     return changed
 

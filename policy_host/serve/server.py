@@ -24,7 +24,7 @@ from gunicorn.app.base import BaseApplication
 from policy_host.errors import PolicyHostError, ServerError
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.read.tenants import LoadResult, default_jobs
-from policy_host.serve.compiler import Changed, Compiled, compile_snapshot
+from policy_host.serve.compiler import ChangedHosts, Compiled, compile_snapshot
 from policy_host.serve.snapshot import SnapshotMemo
 from policy_host.serve.web import WATCH_INTERVAL, create_app
 
@@ -174,7 +174,7 @@ def go_live(
     *,
     loaded: LoadResult | None = None,
     memo: SnapshotMemo | None = None,
-    proceed: Callable[[Changed], bool] | None = None,
+    proceed: Callable[[ChangedHosts], bool] | None = None,
 ) -> Compiled:
     """Compile and write the snapshot; running workers serve it within
     ``WATCH_INTERVAL`` seconds. Arguments and result as

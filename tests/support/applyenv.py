@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dns.rdatatype
 
-from policy_host.publish.environment import Changed, Environment
+from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.update import Primary, TsigKey, load_tsig_key
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.read.tenants import LoadResult
@@ -145,7 +145,7 @@ class InProcessServer:
         self.table = compile_snapshot(self.config).snapshot.policies_by_host()
         self.reloads += 1
 
-    def serve(self, result: LoadResult, force: bool) -> Changed | None:
+    def serve(self, result: LoadResult, force: bool) -> ChangedDomains | None:
         """The reload `apply` asks for: as ``real_environment``'s, the
         validated tenant files are compiled, and written (and served) only
         when something changed or ``force``."""
