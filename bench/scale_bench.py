@@ -61,7 +61,7 @@ from serve_bench import gunicorn_daemon, prepare_nginx, stack_config
 from support.dnsservers import KnotServer, TsigKey, Zone
 
 from policy_host.read.parsecache import RACY_SECONDS
-from policy_host.serve.server import WATCH_INTERVAL
+from policy_host.serve.web import WATCH_INTERVAL
 
 START_TARGET = 2.0
 LIVE_TARGET = 2.0

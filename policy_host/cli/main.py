@@ -98,8 +98,9 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.serve.compiler import served_from_state
-    from policy_host.serve.server import WATCH_INTERVAL, go_live, running_pid
+    from policy_host.serve.server import go_live, running_pid
     from policy_host.serve.snapshot import HOST_PREFIX, SnapshotMemo, merge, served_policies
+    from policy_host.serve.web import WATCH_INTERVAL
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
     memo = SnapshotMemo()  # the compile reuses what is read here

@@ -91,8 +91,9 @@ def settle_time(watch_interval: float) -> float:
 
 def real_environment(config: ProviderConfig) -> Environment:
     """The production environment: the running server, HTTP, the primary."""
-    from policy_host.serve.server import WATCH_INTERVAL, go_live, running_pid
+    from policy_host.serve.server import go_live, running_pid
     from policy_host.serve.snapshot import SnapshotMemo
+    from policy_host.serve.web import WATCH_INTERVAL
 
     dns_client: UpdateClient | None = None
     if config.dns.primary is not None:

@@ -30,8 +30,6 @@ from policy_host.serve.web import WATCH_INTERVAL, create_app
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WATCH_INTERVAL", "PolicyServer", "go_live", "recompile", "running_pid"]
-
 
 def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> None:
     """Rebuild the snapshot; a broken provider config keeps the old one."""
