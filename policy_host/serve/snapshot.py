@@ -3,9 +3,9 @@
 The compile (``compiler.compile_snapshot``) reads the tenants folder and
 merges the result with the previous snapshot (``merge``): a tenant whose
 file is broken keeps the policy it had, so a typo never replaces a working
-policy with nothing. The server's workers
-only read the snapshot (one JSON file), so they start fast and never parse
-YAML; the gunicorn master rewrites it on start and on every reload.
+policy with nothing. The server's workers only read the snapshot (one JSON
+file), so they start fast and never parse YAML; the gunicorn master
+rewrites it on start and on every reload.
 
 Each snapshot has a random ``id``; the change journal beside it
 (``journal``) takes a worker from one id to the next without reading the
