@@ -393,7 +393,7 @@ def compile_tenants(config: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
         "from policy_host.read.config import load_config\n"
-        "from policy_host.serve.snapshot import compile_snapshot\n"
+        "from policy_host.serve.compiler import compile_snapshot\n"
         "from policy_host.read.tenants import default_jobs\n"
         "compile_snapshot(load_config(Path(sys.argv[1])), jobs=default_jobs())\n"
     )

@@ -61,7 +61,7 @@ from serve_bench import gunicorn_daemon, prepare_nginx, stack_config
 from support.dnsservers import KnotServer, TsigKey, Zone
 
 from policy_host.read.parsecache import RACY_SECONDS
-from policy_host.serve.server import WATCH_INTERVAL
+from policy_host.serve.web import WATCH_INTERVAL
 
 START_TARGET = 2.0
 LIVE_TARGET = 2.0
@@ -189,7 +189,7 @@ def measure(count: int, args: argparse.Namespace, root: Path) -> Row:
     compile_code = (
         "import sys; from pathlib import Path\n"
         "from policy_host.read.config import load_config\n"
-        "from policy_host.serve.snapshot import compile_snapshot\n"
+        "from policy_host.serve.compiler import compile_snapshot\n"
         "from policy_host.read.tenants import default_jobs\n"
         "compile_snapshot(load_config(Path(sys.argv[1])), jobs=default_jobs())\n"
     )

@@ -9,7 +9,8 @@ stay the same.
 
 The blocking work (``ssl`` + ``http.client``, which speaks chunked and
 Content-Length bodies correctly) runs in a small thread pool, so the event
-loop that drives the DNS checks never waits on it.
+loop that drives the DNS checks never waits on it. `apply` verifies its
+upstreams with ``fetch_from`` (blocking, the same TLS settings).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import http.client
 import logging
 import socket
 import ssl
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 HTTPS_PORT = 443
+HTTP_PORT = 80
 USER_AGENT = "policy-host-check"
 # Threads fetching at once; fetches are rare next to DNS queries.
 MAX_FETCH_THREADS = 16
@@ -203,3 +206,37 @@ class HttpsFetcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def fetch_from(
+    upstream: str,
+    host: str,
+    *,
+    timeout: float,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, bytes]:
+    """One ``GET`` of ``host``'s policy from ``upstream``, a base URL:
+    (HTTP status, body, at most 64 KiB and one byte). With ``https://`` the
+    connection is made as a sender makes it (SNI ``host``, the certificate
+    checked by ``context``, default ``client_context()``: TLS 1.2 or later);
+    ``http://`` is for a listener on loopback in front of the workers.
+    Raises ``OSError`` or ``http.client.HTTPException``."""
+    url = urllib.parse.urlsplit(upstream)
+    https = url.scheme == "https"
+    address = url.hostname or ""
+    port = url.port or (HTTPS_PORT if https else HTTP_PORT)
+    sock: socket.socket = socket.create_connection((address, port), timeout=timeout)
+    try:
+        if https:
+            sock = (context or client_context()).wrap_socket(sock, server_hostname=host)
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+        conn.sock = sock
+        conn.request(
+            "GET",
+            url.path.rstrip("/") + POLICY_PATH,
+            headers={"Host": host, "Connection": "close"},
+        )
+        response = conn.getresponse()
+        return response.status, response.read(MAX_POLICY_BYTES + 1)
+    finally:
+        sock.close()

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from support.layout import EXAMPLES
 
 from policy_host.read.config import ProviderConfig, load_config
-from policy_host.serve.snapshot import compile_snapshot
+from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.web import create_app
 
 # Real DNS servers (knot + unbound) for the tests that need them.

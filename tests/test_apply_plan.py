@@ -12,7 +12,9 @@ import pytest
 
 from policy_host.model import Policy, Tenant
 from policy_host.publish import apply as apply_mod
-from policy_host.publish.apply import Change, Environment, make_plan, run
+from policy_host.publish.apply import run
+from policy_host.publish.environment import ChangedDomains, Environment
+from policy_host.publish.plan import Change, Plan, make_plan
 from policy_host.publish.update import TsigKey
 from policy_host.read.config import ApplySettings, DnsSettings, ProviderConfig, ServeSettings
 from policy_host.read.tenants import LoadResult
@@ -28,7 +30,7 @@ from policy_host.state import (
     WITHDRAWING,
     Pending,
     Record,
-    new_id,
+    new_policy_id,
 )
 
 NOW = 1_800_000_000.0
@@ -70,14 +72,14 @@ def counter_ids() -> tuple[list[Sequence[str]], Callable[..., str]]:
     return taken_seen, make
 
 
-def plan(result: LoadResult, *records: Record, now: float = NOW) -> apply_mod.Plan:
+def plan(result: LoadResult, *records: Record, now: float = NOW) -> Plan:
     _, make = counter_ids()
     return make_plan(
         result, {r.domain: r for r in records}, now, withdrawal_max_age=3600, make_id=make
     )
 
 
-def kinds(p: apply_mod.Plan) -> list[tuple[str, str, str | None, str | None, bool]]:
+def kinds(p: Plan) -> list[tuple[str, str, str | None, str | None, bool]]:
     return [(c.domain, c.kind, c.old_id, c.new_id, c.resumed) for c in p.changes]
 
 
@@ -210,12 +212,12 @@ def test_gone_tenant_is_nothing_until_its_file_returns() -> None:
 
 
 def test_default_ids_are_utc_time_and_hash_and_never_repeat() -> None:
-    ids = {new_id(NOW, "a.example", "fp") for _ in range(2000)}
+    ids = {new_policy_id(NOW, "a.example", "fp") for _ in range(2000)}
     assert len(ids) == 2000
     for policy_id in ids:
         assert re.fullmatch(r"20270115T080000[0-9a-f]{8}", policy_id)
-    first = new_id(NOW, "a.example", "fp")
-    assert new_id(NOW, "a.example", "fp", taken=[first]) != first
+    first = new_policy_id(NOW, "a.example", "fp")
+    assert new_policy_id(NOW, "a.example", "fp", taken=[first]) != first
 
 
 def test_diff_shows_the_policy_lines() -> None:
@@ -246,7 +248,7 @@ def test_diff_shows_the_policy_lines() -> None:
 class FakeDns:
     """A primary that records what it is sent and answers TXT from it."""
 
-    key = TsigKey("k.", "hmac-sha256", "c2VjcmV0")
+    key: TsigKey | None = TsigKey("k.", "hmac-sha256", "c2VjcmV0")
     server = ("192.0.2.53", 53)
 
     def __init__(self, events: list[tuple[str, float]]) -> None:
@@ -286,14 +288,16 @@ def fake_config(tmp_path: Path) -> ProviderConfig:
 
 
 def fake_env(config: ProviderConfig, events: list[tuple[str, float]], **kw: object) -> Environment:
-    from policy_host.serve.snapshot import compile_snapshot
+    from policy_host.serve.compiler import compile_snapshot
 
     table: dict[str, bytes] = {}
 
-    def reload() -> None:
+    def reload(result: LoadResult, force: bool) -> ChangedDomains:
         events.append(("reload", time.monotonic()))
+        compiled = compile_snapshot(config, loaded=result)
         table.clear()
-        table.update(compile_snapshot(config)[0].policies_by_host())
+        table.update(compiled.snapshot.policies_by_host())
+        return compiled.changed_domains()
 
     def fetch(upstream: str, host: str) -> tuple[int, bytes]:
         body = table.get(host)

@@ -31,9 +31,11 @@ from support.applyenv import (
 from support.dnsservers import DnsWorld
 from support.procs import LOOPBACK, free_port, wait_until
 
+from policy_host.fetch import fetch_from
 from policy_host.model import Policy
-from policy_host.publish.apply import fetch_policy, real_environment, run
-from policy_host.publish.update import TxtChange, build_update, txt_value
+from policy_host.publish.apply import run
+from policy_host.publish.environment import real_environment
+from policy_host.publish.update import TxtChange, build_update, id_record_value
 from policy_host.render import render
 from policy_host.state import published_ids, read_records
 
@@ -47,7 +49,7 @@ def body(*mx: str, max_age: int) -> bytes:
 
 
 def served(port: int, domain: str = CUSTOMER) -> tuple[int, bytes]:
-    return fetch_policy(f"http://{LOOPBACK}:{port}", f"mta-sts.{domain}", timeout=2.0)
+    return fetch_from(f"http://{LOOPBACK}:{port}", f"mta-sts.{domain}", timeout=2.0)
 
 
 class Sender(threading.Thread):
@@ -171,7 +173,7 @@ def test_a_sender_that_sees_a_new_id_gets_the_new_policy(
             future = body("mx3.customer.example", max_age=DAY)
             update = build_update(
                 "provider.example.",
-                [TxtChange(f"{CUSTOMER}._mta-sts.provider.example.", txt_value(control))],
+                [TxtChange(f"{CUSTOMER}._mta-sts.provider.example.", id_record_value(control))],
                 60,
                 None,
             )

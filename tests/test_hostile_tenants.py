@@ -28,7 +28,8 @@ from test_server_gunicorn import exchange, http_request
 
 from policy_host.model import Policy
 from policy_host.read.config import load_config
-from policy_host.read.tenants import MAX_TENANT_BYTES, load_tenants
+from policy_host.read.tenantfile import MAX_TENANT_BYTES
+from policy_host.read.tenants import load_tenants
 from policy_host.render import render
 
 CORPUS = ROOT / "tests" / "hostile"

@@ -14,18 +14,16 @@ from support.layout import GOLDEN
 
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig
-from policy_host.serve import snapshot as snap
-from policy_host.serve import web
+from policy_host.serve import compiler, web
+from policy_host.serve import journal as journals
+from policy_host.serve.compiler import compile_snapshot
+from policy_host.serve.journal import JOURNAL_NAME, read_journal, write_journal
 from policy_host.serve.snapshot import (
-    JOURNAL_NAME,
     Entry,
     Snapshot,
-    compile_snapshot,
-    read_journal,
     read_served,
     read_snapshot,
     snapshot_id,
-    write_journal,
     write_snapshot,
 )
 
@@ -70,7 +68,7 @@ def test_a_change_reaches_the_worker_through_the_journal(
     table = table_at(config)
     edit(config, "example.com", "604800", "1209600")
     (config.tenants_dir / "example.org.yaml").unlink()
-    after = compile_snapshot(config)[0]
+    after = compile_snapshot(config).snapshot
 
     journal = read_journal(config.snapshot_path.with_name(JOURNAL_NAME))
     assert journal is not None and journal.head == after.id
@@ -94,7 +92,7 @@ def test_a_worker_several_compiles_behind_takes_every_step(
     table = table_at(config)
     for age in ("1209600", "2419200", "4838400"):
         edit(config, "example.com", "max_age: ", f"max_age: {age}\n# was: ")
-        last = compile_snapshot(config)[0]
+        last = compile_snapshot(config).snapshot
     no_whole_reads(monkeypatch)
     assert table.refresh() is True
     assert table.get("mta-sts.example.com") == last.entries["example.com"].body
@@ -104,15 +102,17 @@ def test_a_worker_several_compiles_behind_takes_every_step(
 def test_a_compile_that_died_before_its_snapshot_is_served_then_superseded(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = compile_snapshot(config)[0]
+    first = compile_snapshot(config).snapshot
     table = table_at(config)
     edit(config, "example.com", "604800", "1209600")
 
-    def full_disk(path: Path, snapshot: Snapshot, by_host: object = None) -> None:
+    def full_disk(
+        path: Path, snapshot: Snapshot, by_host: object = None, memo: object = None
+    ) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(snap, "write_snapshot", full_disk)
+        patch.setattr(compiler, "write_snapshot", full_disk)
         with pytest.raises(PolicyHostError, match="cannot write the served-policy snapshot"):
             compile_snapshot(config)
     # The policy files and the journal have the change; the snapshot not.
@@ -133,7 +133,7 @@ def test_a_compile_that_died_before_its_snapshot_is_served_then_superseded(
     # The next compile starts from the snapshot on disk: the orphan step is
     # dropped and the worker, whose id is now in no journal, reads it whole.
     edit(config, "example.net", "86400", "172800")
-    after = compile_snapshot(config)[0]
+    after = compile_snapshot(config).snapshot
     journal = read_journal(config.snapshot_path.with_name(JOURNAL_NAME))
     assert journal is not None
     assert [(s.parent, s.id) for s in journal.steps] == [(first.id, after.id)]
@@ -146,10 +146,10 @@ def test_a_change_too_large_for_the_journal_is_read_whole(
 ) -> None:
     compile_snapshot(config)
     table = table_at(config)
-    monkeypatch.setattr(snap, "JOURNAL_MAX_CHANGES", 1)
+    monkeypatch.setattr(journals, "JOURNAL_MAX_CHANGES", 1)
     edit(config, "example.com", "604800", "1209600")
     edit(config, "example.net", "86400", "172800")
-    after = compile_snapshot(config)[0]
+    after = compile_snapshot(config).snapshot
     journal = read_journal(config.snapshot_path.with_name(JOURNAL_NAME))
     assert journal is not None and (journal.head, journal.steps) == (after.id, ())
     reads = whole_reads(monkeypatch)
@@ -165,7 +165,7 @@ def test_a_worker_that_read_a_snapshot_while_a_compile_replaced_it_catches_up(
     served = read_served(config.snapshot_path)  # a starting worker reads...
     assert served is not None
     edit(config, "example.com", "604800", "1209600")
-    after = compile_snapshot(config)[0]  # ...while a compile writes
+    after = compile_snapshot(config).snapshot  # ...while a compile writes
     table = web.PolicyTable(served[0], config.snapshot_path, served[1])
     no_whole_reads(monkeypatch)
     assert table.refresh() is True  # its first look sees the journal's step
@@ -180,7 +180,7 @@ def test_a_broken_journal_means_the_snapshot_is_read_whole(
     table = table_at(config)
     journal = config.snapshot_path.with_name(JOURNAL_NAME)
     (config.tenants_dir / "example.org.yaml").unlink()
-    after = compile_snapshot(config)[0]
+    after = compile_snapshot(config).snapshot
     good = journal.read_text()
     journal.write_text(good.replace('"head":"', '"head":"x'))
     reads = whole_reads(monkeypatch)
@@ -194,7 +194,7 @@ def test_a_broken_journal_means_the_snapshot_is_read_whole(
 
 
 def test_the_snapshot_is_json_with_one_tenant_per_line(config: ProviderConfig) -> None:
-    written = compile_snapshot(config)[0]
+    written = compile_snapshot(config).snapshot
     text = config.snapshot_path.read_text()
     lines = text.splitlines()
     assert len(lines) == 2 + len(written.entries)
@@ -210,14 +210,16 @@ def test_the_snapshot_is_json_with_one_tenant_per_line(config: ProviderConfig) -
     assert read_served(config.snapshot_path) == (written.policies_by_host(), written.id)
 
 
-def test_a_snapshot_of_an_earlier_version_is_still_read(tmp_path: Path) -> None:
+def test_a_snapshot_on_one_line_without_an_id_is_a_clear_error(tmp_path: Path) -> None:
+    """Nothing writes that form (every snapshot has an id and a line per
+    tenant): a file like it is damaged or someone else's, never half-read."""
     path = tmp_path / "served.json"
     body = (GOLDEN / "example.com.txt").read_text()
     item = {"body": body, "fingerprint": "f", "source": "s", "stale": False}
     path.write_text(json.dumps({"format": 1, "tenants": {"example.com": item}}) + "\n")
-    assert read_served(path) == ({"mta-sts.example.com": body.encode()}, "")
-    assert snapshot_id(path) == ""
-    assert read_snapshot(path) == Snapshot({"example.com": Entry(body.encode(), "s")}, "")
+    for read in (read_served, snapshot_id, read_snapshot):
+        with pytest.raises(PolicyHostError, match=f"{path}: not a policy-host snapshot"):
+            read(path)
 
 
 @pytest.mark.parametrize("cut", [1, 40, -4, -1])
@@ -251,8 +253,8 @@ def test_a_worker_always_catches_up_with_the_snapshot(
     and after a tick with both settled it serves exactly the snapshot."""
     folder = tmp_path_factory.mktemp("journal")
     path, journal_path = folder / "served.json", folder / JOURNAL_NAME
-    snap_limit = snap.JOURNAL_MAX_CHANGES
-    snap.JOURNAL_MAX_CHANGES = limit
+    snap_limit = journals.JOURNAL_MAX_CHANGES
+    journals.JOURNAL_MAX_CHANGES = limit
     try:
         on_disk = Snapshot({}, "")
         write_snapshot(path, on_disk)
@@ -261,7 +263,7 @@ def test_a_worker_always_catches_up_with_the_snapshot(
         for policies, snapshot_fails, tick in history:
             new = Snapshot({host[len("mta-sts.") :]: Entry(b, "s") for host, b in policies.items()})
             before = on_disk.policies_by_host()
-            write_journal(journal_path, on_disk.id, new.id, *snap.changes(before, policies))
+            write_journal(journal_path, on_disk.id, new.id, *journals.changes(before, policies))
             journal_head = policies
             if not snapshot_fails:
                 write_snapshot(path, new)
@@ -278,7 +280,7 @@ def test_a_worker_always_catches_up_with_the_snapshot(
         assert dict(table.policies) == on_disk.policies_by_host()
         assert table.snapshot_id == on_disk.id
     finally:
-        snap.JOURNAL_MAX_CHANGES = snap_limit
+        journals.JOURNAL_MAX_CHANGES = snap_limit
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_host.read import parsecache, tenants
+from policy_host.read import parsecache, scan, tenants
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.read.tenants import LoadResult, load_tenants
 
@@ -224,13 +224,13 @@ def large(site: ProviderConfig, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         write(site, f"t{n:02d}.example", (GOOD, WARN, BROKEN)[n % 3])
     monkeypatch.setattr(tenants, "PARALLEL_MIN_FILES", 1)
     scanners: list[int] = []
-    real = tenants._scan
+    real = scan.list_folder
 
-    def scan(folder: Path, identities: bool = True) -> list[tuple[str, parsecache.Identity | None]]:
+    def counted(folder: Path, identities: bool = True) -> scan.Listing:
         scanners.append(os.getpid())  # the child's list is its own copy
         return real(folder, identities)
 
-    monkeypatch.setattr(tenants, "_scan", scan)
+    monkeypatch.setattr(scan, "list_folder", counted)
     return scanners
 
 
@@ -241,11 +241,12 @@ def test_a_child_scans_the_folder_while_a_large_cache_is_read(
     saved(site)
     write(site, "t07.example", GOOD.replace("604800", "1209600"))
     large.clear()
+    memo = tenants.LoadMemo()
     if ahead:  # as `reload` does before it reads what is served
-        tenants.scan_ahead(site, jobs=2)
-    result = load_tenants(site, jobs=2)
+        memo.scan_ahead(site, jobs=2)
+    result = load_tenants(site, jobs=2, memo=memo)
     assert large == []  # the child's scan, not one here
-    assert tenants._ahead is None  # a scan ahead is used once
+    assert memo.ahead is None  # a scan ahead is used once
     same(result, load_tenants(site, cache=False))
     assert result.tenants["t07.example"].policy.max_age == 1209600
 
@@ -255,16 +256,14 @@ def test_a_child_that_dies_before_it_answers_means_a_scan_here(
 ) -> None:
     saved(site)
     parent = os.getpid()
-    scan = tenants._scan
+    real = scan.list_folder
 
-    def die_in_child(
-        folder: Path, identities: bool = True
-    ) -> list[tuple[str, parsecache.Identity | None]]:
+    def die_in_child(folder: Path, identities: bool = True) -> scan.Listing:
         if os.getpid() != parent:
             os._exit(1)
-        return scan(folder, identities)
+        return real(folder, identities)
 
-    monkeypatch.setattr(tenants, "_scan", die_in_child)
+    monkeypatch.setattr(scan, "list_folder", die_in_child)
     large.clear()
     same(load_tenants(site, jobs=2), load_tenants(site, cache=False))
     assert large == [parent, parent]  # the fallback, then the uncached load
@@ -289,11 +288,12 @@ def test_racily_clean_files_are_judged_from_when_the_scan_ahead_began(
     before = json.loads(site.parse_cache_path.read_text())["files"]["t07.example.yaml"]
     monkeypatch.setattr(parsecache, "RACY_SECONDS", 2.0)
     write(site, "t07.example", GOOD.replace("604800", "1209600"), when=time.time() - 1)
-    tenants.scan_ahead(site, jobs=2)
+    memo = tenants.LoadMemo()
+    memo.scan_ahead(site, jobs=2)
     real = time.time_ns
     # The load itself starts much later (a compile waiting for the lock).
     monkeypatch.setattr(time, "time_ns", lambda: real() + 10_000_000_000)
-    result = load_tenants(site, jobs=2, save_cache=True)
+    result = load_tenants(site, jobs=2, save_cache=True, memo=memo)
     monkeypatch.setattr(time, "time_ns", real)
     # Written 1 s before it was looked at: racily clean, so not stored (its
     # old entry stays, with an identity that no longer matches, and so the
@@ -308,23 +308,24 @@ def test_racily_clean_files_are_judged_from_when_the_scan_ahead_began(
 def test_a_scan_ahead_is_dropped_when_another_compile_ran_meanwhile(
     site: ProviderConfig, large: list[int], monkeypatch: pytest.MonkeyPatch, other_compile: bool
 ) -> None:
-    from policy_host.serve.snapshot import compile_snapshot
+    from policy_host.serve.compiler import compile_snapshot
 
     compile_snapshot(site, jobs=1)
-    scan = tenants._scan
+    real = scan.list_folder
 
-    def at_once(folder: Path) -> tenants.Scanned:
-        found = scan(folder)  # the listing is made now, not in a child
+    def at_once(folder: Path) -> scan.Scanned:
+        found = real(folder)  # the listing is made now, not in a child
         return lambda: found
 
-    monkeypatch.setattr(tenants, "_scan_beside", at_once)
-    tenants.scan_ahead(site, jobs=2)
+    monkeypatch.setattr(scan, "list_beside", at_once)
+    memo = tenants.LoadMemo()
+    memo.scan_ahead(site, jobs=2)
     write(site, "new.example", GOOD)  # made after the folder was listed
     if other_compile:  # another process's compile replaces the snapshot
         text = site.snapshot_path.read_bytes()
         site.snapshot_path.unlink()
         site.snapshot_path.write_bytes(text)
-    result = load_tenants(site, jobs=2)
-    assert tenants._ahead is None
+    result = load_tenants(site, jobs=2, memo=memo)
+    assert memo.ahead is None
     # The listing made before is only used while no compile ran since.
     assert ("new.example" in result.tenants) is other_compile

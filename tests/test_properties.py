@@ -30,7 +30,7 @@ from support.strict_policy import MAX_AGE_LIMIT, parse_policy
 
 from policy_host.errors import Problem
 from policy_host.model import Policy, mx_pattern
-from policy_host.read.tenants import parse_tenant
+from policy_host.read.tenantfile import parse_tenant
 from policy_host.render import render
 
 DOMAIN = "t.example"

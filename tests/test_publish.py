@@ -18,10 +18,10 @@ from policy_host.publish.update import (
     TsigKey,
     TxtChange,
     build_update,
+    id_record_value,
     load_tsig_key,
     shows,
     txt_rdata,
-    txt_value,
     update_text,
 )
 
@@ -93,7 +93,7 @@ def test_missing_key_file_is_named(tmp_path: Path) -> None:
 
 
 def test_txt_rdata_keeps_everything_after_the_semicolon() -> None:
-    rdata = txt_rdata(txt_value("20260101T000000abcdef12"))
+    rdata = txt_rdata(id_record_value("20260101T000000abcdef12"))
     assert rdata.strings == (b"v=STSv1; id=20260101T000000abcdef12;",)
     # Zone-file text would have lost it: the trap this avoids.
     parsed = dns.rdata.from_text("IN", "TXT", "v=STSv1; id=abc;")
@@ -112,7 +112,7 @@ def test_update_replaces_or_deletes_and_survives_the_wire() -> None:
     update = build_update(
         "provider.example.",
         [
-            TxtChange(NAME, txt_value("abc")),
+            TxtChange(NAME, id_record_value("abc")),
             TxtChange("gone.example._mta-sts.provider.example.", None),
         ],
         300,
@@ -134,7 +134,7 @@ def test_update_text_is_nsupdate_input_without_the_secret() -> None:
     update = build_update(
         "provider.example.",
         [
-            TxtChange(NAME, txt_value("abc")),
+            TxtChange(NAME, id_record_value("abc")),
             TxtChange("old.example._mta-sts.provider.example.", None),
         ],
         300,

@@ -14,7 +14,7 @@ from support.reportenv import CORPUS, report_tree
 
 from policy_host.read.config import ProviderConfig
 from policy_host.reports.store import Store
-from policy_host.serve.snapshot import compile_snapshot
+from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.web import create_app
 
 PATH = "/v1/report"

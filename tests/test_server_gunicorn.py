@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from support.procs import Daemon, free_port, wait_until
 
-from policy_host.serve.server import WATCH_INTERVAL
+from policy_host.serve.web import WATCH_INTERVAL
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLES = TESTS.parent / "examples"

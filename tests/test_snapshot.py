@@ -10,11 +10,13 @@ from support.layout import GOLDEN
 
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig
-from policy_host.serve.snapshot import compile_snapshot, read_served, read_snapshot
+from policy_host.serve.compiler import compile_snapshot
+from policy_host.serve.snapshot import read_served, read_snapshot
 
 
 def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
-    snapshot, result, kept = compile_snapshot(config)
+    compiled = compile_snapshot(config)
+    snapshot, result, kept = compiled.snapshot, compiled.result, compiled.kept
     assert (sorted(snapshot.entries), kept, result.errors) == (
         ["example.com", "example.net", "example.org"],
         [],
@@ -30,14 +32,15 @@ def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
 def test_broken_tenant_keeps_its_last_good_policy(config: ProviderConfig) -> None:
     compile_snapshot(config)
     (config.tenants_dir / "example.com.yaml").write_text("mode: enforce\nmx: [\n")
-    snapshot, result, kept = compile_snapshot(config)
+    compiled = compile_snapshot(config)
+    snapshot, result, kept = compiled.snapshot, compiled.result, compiled.kept
     assert kept == ["example.com"]
     assert result.errors
     entry = snapshot.entries["example.com"]
     assert entry.stale
     assert entry.body == (GOLDEN / "example.com.txt").read_bytes()
     # And it stays kept over further reloads while the file is broken.
-    assert compile_snapshot(config)[0].entries["example.com"].body == entry.body
+    assert compile_snapshot(config).snapshot.entries["example.com"].body == entry.body
 
 
 def test_fixed_tenant_replaces_last_good(config: ProviderConfig) -> None:
@@ -47,14 +50,15 @@ def test_fixed_tenant_replaces_last_good(config: ProviderConfig) -> None:
     path.write_text("broken: [")
     compile_snapshot(config)
     path.write_text(good.replace("604800", "1209600"))
-    entry = compile_snapshot(config)[0].entries["example.com"]
+    entry = compile_snapshot(config).snapshot.entries["example.com"]
     assert not entry.stale
     assert entry.body.endswith(b"max_age: 1209600\r\n")
 
 
 def test_broken_tenant_without_history_is_not_served(config: ProviderConfig) -> None:
     (config.tenants_dir / "new.example.yaml").write_text("mode: sometimes\n")
-    snapshot, _, kept = compile_snapshot(config)
+    compiled = compile_snapshot(config)
+    snapshot, kept = compiled.snapshot, compiled.kept
     assert "new.example" not in snapshot.entries
     assert kept == []
 
@@ -62,7 +66,7 @@ def test_broken_tenant_without_history_is_not_served(config: ProviderConfig) -> 
 def test_removed_file_stops_being_served(config: ProviderConfig) -> None:
     compile_snapshot(config)
     (config.tenants_dir / "example.org.yaml").unlink()
-    assert "example.org" not in compile_snapshot(config)[0].entries
+    assert "example.org" not in compile_snapshot(config).snapshot.entries
 
 
 def test_snapshot_write_leaves_no_temporary_files(config: ProviderConfig) -> None:
@@ -85,7 +89,7 @@ def test_corrupt_snapshot_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unreadable_tenants_folder_keeps_every_policy(config: ProviderConfig) -> None:
-    before = compile_snapshot(config)[0]
+    before = compile_snapshot(config).snapshot
     config.tenants_dir.rename(config.tenants_dir.with_name("moved"))
     with pytest.raises(PolicyHostError, match="cannot read tenants folder"):
         compile_snapshot(config)
@@ -122,7 +126,8 @@ def test_what_is_served_is_read_once_per_snapshot_file(
 ) -> None:
     from policy_host.serve import snapshot as snap
 
-    written = compile_snapshot(config)[0]
+    memo = snap.SnapshotMemo()
+    written = compile_snapshot(config, memo=memo).snapshot
     reads: list[Path] = []
     real = snap.read_served
 
@@ -132,38 +137,46 @@ def test_what_is_served_is_read_once_per_snapshot_file(
 
     monkeypatch.setattr(snap, "read_served", counted)
     # The compile's own snapshot: known without reading it.
-    assert snap.served_policies(config.snapshot_path) == (written.policies_by_host(), written.id)
+    assert snap.served_policies(config.snapshot_path, memo) == (
+        written.policies_by_host(),
+        written.id,
+    )
     assert reads == []
     # Replaced by someone else (another process's compile): read, once.
     text = config.snapshot_path.read_text().replace(written.id, "0123456789abcdef")
     config.snapshot_path.with_name("other").write_text(text)
     config.snapshot_path.with_name("other").replace(config.snapshot_path)
     for _ in range(2):
-        assert snap.served_policies(config.snapshot_path) == (
+        assert snap.served_policies(config.snapshot_path, memo) == (
             written.policies_by_host(),
             "0123456789abcdef",
         )
     assert reads == [config.snapshot_path]
     config.snapshot_path.unlink()
-    assert snap.served_policies(config.snapshot_path) is None
+    assert snap.served_policies(config.snapshot_path, memo) is None
 
 
 def test_the_master_keeps_nothing_from_its_compile(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import gc
+
     from policy_host.read import parsecache
     from policy_host.serve import server
-    from policy_host.serve import snapshot as snap
+    from policy_host.serve.snapshot import SnapshotMemo
 
     monkeypatch.setattr(parsecache, "RACY_SECONDS", 0.0)  # cache files made just now
-    compile_snapshot(config)
-    compile_snapshot(config)  # the command line keeps what it read and wrote
-    assert snap._last_served is not None
-    assert parsecache._last_loaded is not None
+    memo = SnapshotMemo()
+    compile_snapshot(config, memo=memo)
+    compile_snapshot(config, memo=memo)  # the command line keeps what it read and wrote
+    assert memo.served is not None
+    assert memo.snapshot is not None
+    assert memo.load.parse_caches.last is not None
+    del memo
     server.recompile(config.path, config)  # what the gunicorn master runs
-    assert snap._last_read is None
-    assert snap._last_served is None
-    assert parsecache._last_loaded is None
+    gc.collect()
+    kept = [o for o in gc.get_objects() if isinstance(o, (SnapshotMemo, parsecache.LoadedCaches))]
+    assert kept == []
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -14,7 +14,7 @@ from support.layout import GOLDEN
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig
 from policy_host.serve import files as static
-from policy_host.serve.snapshot import compile_snapshot
+from policy_host.serve.compiler import compile_snapshot
 
 HOSTS = ("mta-sts.example.com", "mta-sts.example.net", "mta-sts.example.org")
 
@@ -24,7 +24,7 @@ def files(www: Path) -> dict[str, bytes]:
 
 
 def test_compile_writes_one_file_per_served_host(config: ProviderConfig) -> None:
-    snapshot, _, _ = compile_snapshot(config)
+    snapshot = compile_snapshot(config).snapshot
     assert files(config.www_dir) == snapshot.policies_by_host()
     assert sorted(files(config.www_dir)) == list(HOSTS)
     served = (config.www_dir / "mta-sts.example.com").read_bytes()
@@ -68,7 +68,7 @@ def test_a_run_that_died_half_way_is_repaired_by_the_next(config: ProviderConfig
     (www / static.TMP / static.DIRTY).touch()
     (www / "mta-sts.example.com").write_bytes(b"half-written")
     (www / "mta-sts.gone.example").write_bytes(b"stray")
-    snapshot, _, _ = compile_snapshot(config)
+    snapshot = compile_snapshot(config).snapshot
     assert files(www) == snapshot.policies_by_host()
     assert not (www / static.TMP / static.DIRTY).exists()
 

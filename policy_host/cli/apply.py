@@ -20,8 +20,10 @@ from policy_host.cli.output import (
     PROGRESS_FROM,
     Progress,
 )
-from policy_host.publish.apply import VALIDATE, Change, Report, iso, real_environment, run
-from policy_host.publish.update import record_name, txt_rdata, txt_value
+from policy_host.publish.apply import VALIDATE, Report, run
+from policy_host.publish.environment import real_environment
+from policy_host.publish.plan import Change, iso
+from policy_host.publish.update import id_record_value, record_name, txt_rdata
 from policy_host.read.config import ProviderConfig
 from policy_host.state import ACTIVE, DELETE, NEW, WITHDRAW, WITHDRAWING, read_records
 
@@ -144,7 +146,7 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
             if change.new_id is None:
                 print(f"    ; delete {name} TXT", file=out)
             else:
-                rdata = txt_rdata(txt_value(change.new_id)).to_text()
+                rdata = txt_rdata(id_record_value(change.new_id)).to_text()
                 print(f"    {name} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
     if report.failure is not None:
         return
@@ -176,6 +178,6 @@ def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:
             ends = record.withdrawal_ends()
             until = iso(ends) if ends is not None else "?"
             print(f"; {domain}: withdrawing (mode none) until {until}", file=out)
-        rdata = txt_rdata(txt_value(record.policy_id)).to_text()
+        rdata = txt_rdata(id_record_value(record.policy_id)).to_text()
         print(f"{record_name(config, domain)} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
     return EXIT_OK

@@ -29,14 +29,9 @@ from policy_host.read.config import (
     load_config,
     parse_bind,
 )
-from policy_host.read.tenants import (
-    MAX_TENANT_BYTES,
-    SUFFIX,
-    default_jobs,
-    domain_from_filename,
-    load_tenants,
-    parse_tenant,
-)
+from policy_host.read.scan import SUFFIX
+from policy_host.read.tenantfile import MAX_TENANT_BYTES, domain_from_filename, parse_tenant
+from policy_host.read.tenants import default_jobs, load_tenants
 from policy_host.read.yamlfile import read_limited
 from policy_host.render import render
 from policy_host.serve.snapshot import read_snapshot
@@ -103,20 +98,23 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from policy_host.read.tenants import scan_ahead
-    from policy_host.serve.server import WATCH_INTERVAL, go_live, running_pid
-    from policy_host.serve.snapshot import HOST_PREFIX, merge, served_from_state, served_policies
+    from policy_host.serve.compiler import served_from_state
+    from policy_host.serve.server import go_live, running_pid
+    from policy_host.serve.snapshot import HOST_PREFIX, SnapshotMemo, merge, served_policies
+    from policy_host.serve.web import WATCH_INTERVAL
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
+    memo = SnapshotMemo()  # the compile reuses what is read here
     if not args.dry_run:
-        scan_ahead(config, default_jobs())  # while what is served now is read
-    found = served_policies(config.snapshot_path)
+        memo.load.scan_ahead(config, default_jobs())  # while what is served now is read
+    found = served_policies(config.snapshot_path, memo)
     before = found[0] if found is not None else {}
     if args.dry_run:
         result = load_tenants(config)
         after, kept = merge(result, before, served_from_state(config, before))
     else:
-        after, result, kept = go_live(config)
+        compiled = go_live(config, memo=memo)
+        after, result, kept = compiled.snapshot, compiled.result, compiled.kept
     _print_problems(result.problems, sys.stdout)
     for domain in sorted(result.broken):
         print(
@@ -203,7 +201,7 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
     print("; Record in the provider zone (policy-host apply publishes and rotates it):")
     from policy_host.state import published_ids
 
-    policy_id = published_ids(config).get(domain, "<not published yet>")
+    policy_id = published_ids(config.state_db).get(domain, "<not published yet>")
     print(f'{txt_name}  {config.dns.txt_ttl}  IN  TXT  "v=STSv1; id={policy_id};"')
     if tenant is not None and tenant.policy.mode != "none":
         # RFC 8461 section 8: senders may hold the old policy for its max_age.

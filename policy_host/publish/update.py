@@ -135,7 +135,7 @@ def load_tsig_key(path: Path, default_algorithm: str) -> TsigKey:
 # -- building the update (pure) --------------------------------------------
 
 
-def txt_value(policy_id: str) -> bytes:
+def id_record_value(policy_id: str) -> bytes:
     """The TXT record text for ``policy_id`` (RFC 8461 section 3.1)."""
     return b"v=STSv1; id=" + policy_id.encode("ascii") + b";"
 

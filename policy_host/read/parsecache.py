@@ -42,7 +42,7 @@ import idna
 import yaml
 
 from policy_host.errors import Problem, Severity
-from policy_host.fileio import replace_file
+from policy_host.fileio import Identity, file_identity, replace_file
 from policy_host.model import Policy, Tenant
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 RACY_SECONDS = 2.0
 
-# (size, mtime_ns, ctime_ns, inode, device)
-Identity = tuple[int, int, int, int, int]
 # What reading one tenant file gives: its domain (None: the file name is
 # not a usable domain), the tenant if it is valid, every problem, and the
 # policy bytes served for the tenant (``render``; None if not valid).
@@ -72,10 +70,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def identity(st: os.stat_result) -> Identity:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def cache_key(modules: Iterable[ModuleType], *settings: str) -> str:
@@ -111,13 +105,20 @@ def restore_problems(shown: list[Any], where: str) -> list[Problem]:
     return [Problem(where, line, message, _SEVERITY[sev]) for line, message, sev in shown]
 
 
-_last_loaded: tuple[Path, tuple[int, int, int, int] | None, str, dict[str, list[Any]]] | None = None
+class LoadedCaches:
+    """The parse cache file a run loaded last, kept by whoever runs several
+    loads (`apply` validates, then compiles): the file is only ever
+    replaced by rename, so while its identity is the same so is its
+    content, and with 100,000 tenants reading it again costs a few tenths
+    of a second. Dropping the object frees it."""
 
+    def __init__(self) -> None:
+        self.last: tuple[Path, Identity, str, dict[str, list[Any]]] | None = None
 
-def forget() -> None:
-    """Drop the cache kept from the last load (see ``ParseCache.load``)."""
-    global _last_loaded
-    _last_loaded = None
+    def get(self, path: Path, ident: Identity | None, key: str) -> dict[str, list[Any]] | None:
+        if ident is not None and self.last is not None and self.last[:3] == (path, ident, key):
+            return self.last[3]
+        return None
 
 
 class ParseCache:
@@ -130,24 +131,18 @@ class ParseCache:
         self.items: dict[str, list[Any]] = items or {}
 
     @classmethod
-    def load(cls, path: Path | None, key: str) -> ParseCache:
-        """The cache at ``path``; an empty one if it cannot be used."""
-        global _last_loaded
+    def load(cls, path: Path | None, key: str, loaded: LoadedCaches | None = None) -> ParseCache:
+        """The cache at ``path``; an empty one if it cannot be used.
+        ``loaded``: the caches this run read before, reused while unchanged."""
         if path is None:
             return cls(None, key)
         try:
-            st = os.stat(path)
-            ident = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            ident = file_identity(path)
         except OSError:
             ident = None
-        if (
-            ident is not None
-            and _last_loaded is not None
-            and _last_loaded[:3] == (path, ident, key)
-        ):
-            # The same run loading twice (`apply` validates, then compiles):
-            # the file is only ever replaced by rename, so it is the same.
-            return cls(path, key, _last_loaded[3])
+        known = loaded.get(path, ident, key) if loaded is not None else None
+        if known is not None:
+            return cls(path, key, known)
         try:
             with open(path, "rb") as handle:
                 raw = json.loads(handle.read())
@@ -161,7 +156,8 @@ class ParseCache:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.info("%s: not using the parse cache: %s", path, exc)
             return cls(path, key)
-        _last_loaded = (path, ident, key, items)
+        if loaded is not None and ident is not None:
+            loaded.last = (path, ident, key, items)
         return cls(path, key, items)
 
     def save(self, found: Mapping[str, Identity], read: Mapping[str, Outcome], now_ns: int) -> bool:

@@ -1,17 +1,15 @@
 """Read the tenants folder: one ``<domain>.yaml`` per customer domain.
 
-The domain comes from the file name (an optional ``domain:`` key must agree
-with it). Every problem in every file is collected; a broken file never stops
-the others from loading.
+Every problem in every file is collected; a broken file never stops the
+others from loading. Files unchanged since the parse cache saw them are not
+read again; many changed files are read in a process per core.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -19,46 +17,33 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policy_host.errors import Problem, Severity
-from policy_host.fileio import Identity as FileIdentity
-from policy_host.fileio import identity_if_readable
-from policy_host.model import (
-    MAX_AGE_ENFORCE_RECOMMENDED,
-    MAX_AGE_LIMIT,
-    MAX_AGE_WARN_BELOW,
-    MAX_NAME_LENGTH,
-    MAX_POLICY_BYTES,
-    MODES,
-    TLSRPT_PREFIX,
-    InvalidValue,
-    Policy,
-    Tenant,
-    check_rua,
-    hostname,
-    mx_pattern,
-)
+from policy_host.errors import Problem
+from policy_host.model import Policy, Tenant
+from policy_host.read import scan
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import (
-    Identity,
+    LoadedCaches,
     Outcome,
     ParseCache,
     cache_key,
     gc_paused,
-    identity,
     restore_problems,
     restore_tenant,
 )
+from policy_host.read.scan import ScanAhead
 from policy_host.read.schema import Fields
+from policy_host.read.tenantfile import (
+    MAX_TENANT_BYTES,
+    domain_from_filename,
+    parse_tenant_body,
+)
 from policy_host.read.yamlfile import parse_mapping, read_limited
 from policy_host.render import render
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".yaml"
-MAX_TENANT_BYTES = 256 * 1024
 # Below this many files to read, one process is quicker than several.
 PARALLEL_MIN_FILES = 2000
-KEYS = ("mode", "mx", "max_age", "domain", "note", "tlsrpt_rua")
 
 
 @dataclass
@@ -87,161 +72,6 @@ class LoadResult:
         return [p for p in self.problems if p.is_error]
 
 
-def domain_from_filename(path: Path, config: ProviderConfig, problems: list[Problem]) -> str | None:
-    """The customer domain a tenant file is for, checked as a DNS name."""
-    written = path.name[: -len(SUFFIX)]
-    where = str(path)
-    try:
-        host = hostname(written, what="domain (from the file name)")
-    except InvalidValue as exc:
-        problems.append(Problem(where, 1, str(exc)))
-        return None
-    domain = host.ascii
-    if host.written:
-        problems.append(
-            Problem(
-                where,
-                1,
-                f"domain '{written}' is served as its A-label '{domain}'",
-                Severity.WARNING,
-            )
-        )
-    # RFC 1035 limits: the longest names derived from the domain must fit.
-    for derived in (config.id_record_target(domain), TLSRPT_PREFIX + domain):
-        if len(derived) > MAX_NAME_LENGTH:
-            problems.append(
-                Problem(
-                    where,
-                    1,
-                    f"domain '{domain}' is too long: '{derived[:40]}...' would be "
-                    f"{len(derived)} characters; the DNS limit is {MAX_NAME_LENGTH}",
-                )
-            )
-            return None
-    return domain
-
-
-def parse_tenant(path: Path, data: bytes, domain: str, problems: list[Problem]) -> Tenant | None:
-    """Check one tenant file's bytes; append problems; the Tenant if valid."""
-    return _parse_tenant(path, data, domain, problems)[0]
-
-
-def _parse_tenant(
-    path: Path, data: bytes, domain: str, problems: list[Problem]
-) -> tuple[Tenant | None, bytes | None]:
-    """``parse_tenant``, and the policy bytes of a valid tenant."""
-    before = sum(p.is_error for p in problems)
-    entries, parse_problems = parse_mapping(path, data)
-    problems.extend(parse_problems)
-    if entries is None:
-        return None, None
-    f = Fields(path, entries, KEYS, problems)
-
-    written_domain = f.text("domain")
-    if written_domain is not None:
-        try:
-            if hostname(written_domain, what="domain").ascii != domain:
-                f.error(
-                    f.line("domain"),
-                    f"domain: '{written_domain}' does not match the file name "
-                    f"(which says '{domain}'); rename the file or fix the key",
-                )
-        except InvalidValue as exc:
-            f.error(f.line("domain"), str(exc))
-
-    mode = f.text("mode", required=True)
-    if mode is not None and mode not in MODES:
-        hint = " (write it in lower case)" if mode.lower() in MODES else ""
-        f.error(f.line("mode"), f"mode: expected one of {', '.join(MODES)} (got {mode!r}){hint}")
-        mode = None
-
-    patterns: list[str] = []
-    items = f.text_list("mx", required=mode in ("enforce", "testing"))
-    seen: dict[str, int] = {}
-    for text, line in items or []:
-        try:
-            pattern = mx_pattern(text)
-        except InvalidValue as exc:
-            f.error(line, str(exc))
-            continue
-        if pattern.written:
-            f.warn(line, f"mx '{pattern.written}' is served as its A-label form '{pattern.ascii}'")
-        if pattern.ascii in seen:
-            f.error(line, f"mx '{text}' is listed twice (first on line {seen[pattern.ascii]})")
-            continue
-        seen[pattern.ascii] = line
-        patterns.append(pattern.ascii)
-    if "mx" in entries and entries["mx"].value == [] and mode in ("enforce", "testing"):
-        f.error(f.line("mx"), f"mx: at least one pattern is required in mode {mode}")
-
-    max_age = f.integer("max_age", required=True)
-    if max_age is not None:
-        line = f.line("max_age")
-        if not 0 <= max_age <= MAX_AGE_LIMIT:
-            f.error(line, f"max_age: expected 0..{MAX_AGE_LIMIT} seconds (got {max_age})")
-            max_age = None
-        elif max_age < MAX_AGE_WARN_BELOW:
-            f.warn(
-                line,
-                f"max_age {max_age} is under a day ({MAX_AGE_WARN_BELOW}); "
-                "some senders ignore such short policies",
-            )
-        elif mode == "enforce" and max_age < MAX_AGE_ENFORCE_RECOMMENDED:
-            f.warn(
-                line,
-                f"max_age {max_age} is under a week; {MAX_AGE_ENFORCE_RECOMMENDED} or more "
-                "is recommended for enforce",
-            )
-
-    note = f.text("note")
-    rua: list[str] = []
-    for text, line in f.text_list("tlsrpt_rua", allow_single=True) or []:
-        try:
-            rua.append(check_rua(text))
-        except InvalidValue as exc:
-            f.error(line, str(exc))
-
-    if sum(p.is_error for p in problems) > before or mode is None or max_age is None:
-        return None, None
-    policy = Policy(mode=mode, mx=tuple(patterns), max_age=max_age)
-    body = render(policy)
-    if len(body) > MAX_POLICY_BYTES:
-        f.error(f.line("mx"), f"policy would be {len(body)} bytes; the limit is {MAX_POLICY_BYTES}")
-        return None, None
-    tenant = Tenant(
-        domain=domain, policy=policy, source=str(path), note=note, tlsrpt_rua=tuple(rua)
-    )
-    return tenant, body
-
-
-def tenant_files(folder: Path) -> list[Path]:
-    return [folder / name for name, _ in _scan(folder)]
-
-
-def _scan(folder: Path, identities: bool = True) -> list[tuple[str, Identity | None]]:
-    """Tenant file names in order, each with its identity (None when it
-    vanished or cannot be looked at, and without ``identities``)."""
-    # listdir and a stat relative to the open folder: with 100,000 files this
-    # takes half the time of os.scandir and DirEntry.stat.
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        names = sorted(n for n in os.listdir(fd) if n.endswith(SUFFIX) and not n.startswith("."))
-        if not identities:
-            return [(name, None) for name in names]
-        found: list[tuple[str, Identity | None]] = []
-        stat = os.stat
-        for name in names:
-            try:
-                st = stat(name, dir_fd=fd)
-            except OSError:  # reading it will say why
-                found.append((name, None))
-                continue
-            found.append((name, identity(st)))
-        return found
-    finally:
-        os.close(fd)
-
-
 def _large_cache(config: ProviderConfig) -> bool:
     """A parse cache of more than ``PARALLEL_MIN_FILES`` files or so."""
     try:
@@ -250,90 +80,34 @@ def _large_cache(config: ProviderConfig) -> bool:
         return False
 
 
-Scanned = Callable[[], list[tuple[str, Identity | None]]]
+@dataclass
+class LoadMemo:
+    """What a run carries from one load of the tenants folder to the next.
 
+    Owned by whoever loads more than once (`apply` validates, then
+    compiles; `reload` starts looking at the folder while it reads what is
+    served, then compiles) and passed to ``load_tenants``; dropping it frees
+    what it holds (tens of megabytes with 100,000 tenants).
+    """
 
-@dataclass(frozen=True)
-class _Ahead:
-    """A scan started by ``scan_ahead`` for the next ``load_tenants``."""
+    parse_caches: LoadedCaches = field(default_factory=LoadedCaches)
+    ahead: ScanAhead | None = None
 
-    folder: Path
-    started_ns: int  # time.time_ns() when it began
-    result: Scanned
-    # The snapshot's identity then: if another compile replaces it before
-    # the load, the scan may miss what that compile served (a file made
-    # since) or bring back what it dropped, so it is not used.
-    snapshot: Path
-    snapshot_identity: FileIdentity | None
+    def scan_ahead(self, config: ProviderConfig, jobs: int) -> None:
+        """Start looking at the tenants folder now, in a forked child, for
+        the next ``load_tenants`` of this folder to use, if that would do so
+        (a large parse cache, more than one job). Only called where no other
+        thread runs."""
+        if jobs > 1 and self.ahead is None and _large_cache(config):
+            self.ahead = ScanAhead.start(config.tenants_dir, config.snapshot_path)
 
-
-_ahead: _Ahead | None = None
-
-
-def scan_ahead(config: ProviderConfig, jobs: int) -> None:
-    """Start looking at the tenants folder now, in a forked child, for the
-    next ``load_tenants`` of this folder to use, if that would do so (a
-    large parse cache, more than one job): a command that reads the
-    snapshot before it compiles (`reload`) has it done meanwhile. Only
-    called where no other thread runs."""
-    global _ahead
-    if jobs > 1 and _ahead is None and _large_cache(config):
-        snapshot = config.snapshot_path
-        identity = identity_if_readable(snapshot)
-        started = time.time_ns()
-        scanned = _scan_beside(config.tenants_dir)
-        _ahead = _Ahead(config.tenants_dir, started, scanned, snapshot, identity)
-
-
-def _take_scan_ahead(folder: Path) -> tuple[int, Scanned] | None:
-    global _ahead
-    if _ahead is None or _ahead.folder != folder:
-        return None
-    ahead, _ahead = _ahead, None
-    if identity_if_readable(ahead.snapshot) != ahead.snapshot_identity:
-        log.info("another compile ran since the tenants folder was looked at; looking again")
-        with contextlib.suppress(Exception):
-            ahead.result()  # reap the child
-        return None
-    return ahead.started_ns, ahead.result
-
-
-def _scan_beside(folder: Path) -> Scanned:
-    """Start ``_scan(folder)`` in a forked child; the returned function waits
-    for its result (and raises the child's OSError). Only called where no
-    other thread runs (as ``_load_many``). If the child fails otherwise, the
-    folder is scanned here."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: scan, send, and leave without cleaning up
-        try:
-            os.close(read_end)
-            try:
-                outcome: object = _scan(folder)
-            except OSError as exc:
-                outcome = exc
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL))
-        finally:
-            os._exit(0)
-    os.close(write_end)
-
-    def result() -> list[tuple[str, Identity | None]]:
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        os.waitpid(pid, 0)
-        try:
-            # Our own child's bytes, over a pipe only it and we hold.
-            outcome = pickle.loads(data)
-        except Exception:  # the child died before it sent anything
-            log.warning("scanning %s in a second process failed; scanning it here", folder)
-            return _scan(folder)
-        if isinstance(outcome, OSError):
-            raise outcome
-        found: list[tuple[str, Identity | None]] = outcome
-        return found
-
-    return result
+    def take_ahead(self, folder: Path) -> ScanAhead | None:
+        """The scan started for ``folder``, once, if still usable."""
+        ahead = self.ahead
+        if ahead is None or ahead.folder != folder:
+            return None
+        self.ahead = None
+        return ahead if ahead.usable() else None
 
 
 def load_file(path: Path, config: ProviderConfig) -> Outcome:
@@ -348,7 +122,7 @@ def load_file(path: Path, config: ProviderConfig) -> Outcome:
         if isinstance(data, Problem):
             problems.append(data)
         else:
-            tenant, body = _parse_tenant(path, data, domain, problems)
+            tenant, body = parse_tenant_body(path, data, domain, problems)
     return domain, tenant, problems, body
 
 
@@ -383,6 +157,7 @@ def load_tenants(
     cache: bool = True,
     save_cache: bool = False,
     tenants: bool = True,
+    memo: LoadMemo | None = None,
 ) -> LoadResult:
     """Read every tenant file; never raises for a bad tenant.
 
@@ -394,14 +169,20 @@ def load_tenants(
     With ``tenants=False`` the result has the policy bytes and source of
     every valid tenant (``bodies``, ``sources``) but no ``Tenant`` objects
     for the cached ones (the snapshot compile needs nothing more, and
-    building 100,000 of them costs a few tenths of a second).
+    building 100,000 of them costs a few tenths of a second). ``memo``:
+    what this run's earlier loads left to reuse (``LoadMemo``).
     """
     with gc_paused():
-        return _load_tenants(config, jobs, cache, save_cache, tenants)
+        return _load_tenants(config, jobs, cache, save_cache, tenants, memo or LoadMemo())
 
 
 def _load_tenants(
-    config: ProviderConfig, jobs: int, cache: bool, save_cache: bool, want_tenants: bool
+    config: ProviderConfig,
+    jobs: int,
+    cache: bool,
+    save_cache: bool,
+    want_tenants: bool,
+    memo: LoadMemo,
 ) -> LoadResult:
     result = LoadResult()
     folder = config.tenants_dir
@@ -410,27 +191,26 @@ def _load_tenants(
     # With a large cache, the folder is looked at in a second process while
     # this one reads the cache (both take a few tenths of a second with
     # 100,000 tenants).
-    scanned: Scanned | None = None
-    ahead = _take_scan_ahead(folder)
+    scanned: scan.Scanned | None = None
+    ahead = memo.take_ahead(folder)
     if ahead is not None:
         # The files were looked at from then on: racily clean entries are
         # judged from that earlier moment (parsecache.ParseCache.save).
-        now_ns, scanned = min(now_ns, ahead[0]), ahead[1]
+        now_ns, scanned = min(now_ns, ahead.started_ns), ahead.result
     elif cache and jobs > 1 and _large_cache(config):
-        scanned = _scan_beside(folder)
+        scanned = scan.list_beside(folder)
     try:
-        store = ParseCache.load(config.parse_cache_path if cache else None, key)
+        store = ParseCache.load(config.parse_cache_path if cache else None, key, memo.parse_caches)
     except BaseException:
-        if scanned is not None:  # reap the child
-            with contextlib.suppress(Exception):
-                scanned()
+        if scanned is not None:
+            scan.reap(scanned)
         raise
     try:
         if scanned is not None:
             names = scanned()
         else:
             # Identities only matter to the cache (one stat per file).
-            names = _scan(folder, identities=bool(store.items) or (save_cache and cache))
+            names = scan.list_folder(folder, identities=bool(store.items) or (save_cache and cache))
     except OSError as exc:
         result.problems.append(
             Problem(str(folder), 0, f"cannot read tenants folder: {exc.strerror}")
@@ -523,4 +303,5 @@ _PARSING_MODULES = (
     sys.modules[parse_mapping.__module__],
     sys.modules[Problem.__module__],
     sys.modules[ParseCache.__module__],
+    sys.modules[parse_tenant_body.__module__],
 )

@@ -17,7 +17,7 @@ from typing import IO
 from policy_host import state
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
-from policy_host.read.tenants import SUFFIX
+from policy_host.read.scan import SUFFIX
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome

@@ -25,15 +25,14 @@ snapshot; so does a run without a previous snapshot.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy_host.fileio import fsync_dir, replace_file
+from policy_host import fileio
+from policy_host.fileio import LockHeld, fsync_dir, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -125,23 +124,15 @@ def locked(www: Path, wait: float | None = None) -> Iterator[None]:
     """Hold ``www/.tmp/lock`` for a whole compile. Two at once (the
     server's own at start, an operator's `reload`, `apply`) would interleave
     their files, each writing what it read; the second waits its turn, for
-    ``LOCK_WAIT`` seconds at most."""
-    tmp_dir = www / TMP
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(tmp_dir / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{tmp_dir / LOCK}: another compile holds it") from None
-                time.sleep(0.05)
+    ``LOCK_WAIT`` seconds at most, then raises ``TimeoutError``."""
+    path = www / TMP / LOCK
+    with contextlib.ExitStack() as stack:
+        try:
+            wait = LOCK_WAIT if wait is None else wait
+            stack.enter_context(fileio.locked(path, wait=wait, mode=FILE_MODE))
+        except LockHeld:
+            raise TimeoutError(f"{path}: another compile holds it") from None
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def done(www: Path) -> None:

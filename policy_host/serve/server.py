@@ -3,7 +3,7 @@
 A change goes live by rewriting the served-policy snapshot (``go_live``),
 together with the policy files nginx serves by itself (``static``): every
 worker watches the snapshot and swaps its table in memory within
-``WATCH_INTERVAL`` seconds, so no worker restarts and no request fails.
+``WATCH_INTERVAL`` seconds (``web``), so no worker restarts and no request fails.
 The gunicorn master also compiles the snapshot when it starts (beside the
 workers, when a snapshot from an earlier run exists) and on ``SIGHUP``;
 ``SIGHUP`` additionally replaces the workers (gunicorn's graceful reload),
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,11 @@ from gunicorn.app.base import BaseApplication
 from policy_host.errors import PolicyHostError, ServerError
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.read.tenants import LoadResult, default_jobs
-from policy_host.serve.snapshot import Snapshot, compile_snapshot, forget_cached
-from policy_host.serve.web import create_app
+from policy_host.serve.compiler import ChangedHosts, Compiled, compile_snapshot
+from policy_host.serve.snapshot import SnapshotMemo
+from policy_host.serve.web import WATCH_INTERVAL, create_app
 
 log = logging.getLogger(__name__)
-
-# How often each worker looks at the snapshot and its change journal
-# (two stat calls; seconds).
-WATCH_INTERVAL = 0.1
 
 
 def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> None:
@@ -45,13 +42,14 @@ def recompile(config_file: Path, fallback: ProviderConfig, *, jobs: int = 1) -> 
         log.warning("state_dir changed; restart the server for it to take effect")
         return
     try:
+        # No memo: the master keeps nothing from its compile, so the
+        # workers it forks do not start with copies (tens of megabytes
+        # with 100,000 tenants).
         compile_snapshot(config, jobs=jobs)
     except Exception:
         # This runs in the gunicorn master: an exception here would stop the
         # whole server. Whatever went wrong, keep serving what we had.
         log.exception("compiling the tenants failed; still serving the previous policies")
-    finally:
-        forget_cached()
 
 
 class PolicyServer(BaseApplication):  # type: ignore[misc]
@@ -174,10 +172,14 @@ def running_pid(config: ProviderConfig) -> int:
 
 
 def go_live(
-    config: ProviderConfig, *, loaded: LoadResult | None = None
-) -> tuple[Snapshot, LoadResult, list[str]]:
+    config: ProviderConfig,
+    *,
+    loaded: LoadResult | None = None,
+    memo: SnapshotMemo | None = None,
+    proceed: Callable[[ChangedHosts], bool] | None = None,
+) -> Compiled:
     """Compile and write the snapshot; running workers serve it within
-    ``WATCH_INTERVAL`` seconds. Returns what ``compile_snapshot`` returns.
-    (Called from the command line, where reading many changed tenant files
-    in a process per core is safe.)"""
-    return compile_snapshot(config, jobs=default_jobs(), loaded=loaded)
+    ``WATCH_INTERVAL`` seconds. Arguments and result as
+    ``compile_snapshot``'s. (Called from the command line, where reading
+    many changed tenant files in a process per core is safe.)"""
+    return compile_snapshot(config, jobs=default_jobs(), loaded=loaded, memo=memo, proceed=proceed)

@@ -19,14 +19,8 @@ from werkzeug.exceptions import HTTPException
 from policy_host.errors import PolicyHostError
 from policy_host.fileio import Identity, identity_if_readable
 from policy_host.read.config import ProviderConfig, config_path, load_config
-from policy_host.serve.snapshot import (
-    JOURNAL_NAME,
-    Journal,
-    compile_snapshot,
-    read_journal,
-    read_served,
-    snapshot_id,
-)
+from policy_host.serve.journal import Journal, journal_path, read_journal
+from policy_host.serve.snapshot import read_served, snapshot_id
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -34,6 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
+# How often each worker looks at the snapshot and its change journal (two
+# stat calls; seconds). Every way of running the app uses this one value,
+# and `apply` waits for it before it publishes an id (RFC 8461 section 8:
+# every worker must serve the new policy first).
+WATCH_INTERVAL = 0.1
 # A DNS name is at most 253 characters; with a port and a final dot the
 # longest Host we could serve is shorter than this.
 MAX_HOST_LENGTH = 270
@@ -139,7 +138,7 @@ class PolicyTable:
     ) -> None:
         self.policies: Mapping[str, bytes] = dict(policies)
         self.path = path
-        self.journal_path = path.with_name(JOURNAL_NAME) if path is not None else None
+        self.journal_path = journal_path(path) if path is not None else None
         self.snapshot_id = snapshot_id
         # Unknown until the first look: a compile may have written the
         # journal (and the snapshot) while ``policies`` were being read, or
@@ -148,6 +147,8 @@ class PolicyTable:
         self._journal_stamp: Identity | None = None
         self._failed: object = None
         self._failed_journal: object = None
+        # Seconds between looks, once ``watch`` runs.
+        self.watch_interval: float | None = None
 
     def get(self, host: str) -> bytes | None:
         return self.policies.get(host)
@@ -167,8 +168,8 @@ class PolicyTable:
             steps = journal.since(current) if journal is not None else None
             if steps is None or stamp != self._stamp:
                 # The snapshot on disk, when the journal does not lead to
-                # it (or to anything) from here: read it whole. ("" is a
-                # snapshot from an earlier version, which has no id.)
+                # it (or to anything) from here: read it whole. ("" is the
+                # id of a table made before any snapshot was read.)
                 on_disk = snapshot_id(self.path)
                 if (
                     on_disk is not None
@@ -218,6 +219,7 @@ class PolicyTable:
 
     def watch(self, interval: float) -> threading.Thread:
         """Refresh every ``interval`` seconds in a daemon thread."""
+        self.watch_interval = interval
 
         def loop() -> None:
             while True:
@@ -246,11 +248,12 @@ def create_app(
     Otherwise they come from the snapshot at ``snapshot_path``, or, when none
     is given, from the provider config (``$POLICY_HOST_CONFIG`` or the
     default), compiling a snapshot first if none exists yet. With
-    ``watch_interval`` the snapshot is watched and changes go live by
-    themselves (see ``PolicyTable``). ``fast_path`` answers the policy
-    requests before Flask's machinery (see ``PolicyFastPath``). With
-    ``reports_config`` (or a config read here) whose ``tlsrpt.rua`` has
-    https: URIs, their paths take TLS reports by POST (``reports.receive``).
+    ``watch_interval`` (``WATCH_INTERVAL`` when served) the snapshot is
+    watched and changes go live by themselves (see ``PolicyTable``).
+    ``fast_path`` answers the policy requests before Flask's machinery (see
+    ``PolicyFastPath``). With ``reports_config`` (or a config read here)
+    whose ``tlsrpt.rua`` has https: URIs, their paths take TLS reports by
+    POST (``reports.receive``).
     """
     app = Flask(__name__)
     if policies is None:
@@ -258,6 +261,8 @@ def create_app(
             config = reports_config = load_config(config_path(None))
             snapshot_path = config.snapshot_path
             if snapshot_id(snapshot_path) is None:  # none yet
+                from policy_host.serve.compiler import compile_snapshot
+
                 compile_snapshot(config)
         found = read_served(snapshot_path)
         if found is None:

@@ -14,7 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from policy_host.publish.apply import real_environment, run
+from policy_host.publish.apply import run
+from policy_host.publish.environment import real_environment
 from policy_host.read.config import load_config
 
 

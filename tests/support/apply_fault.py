@@ -21,7 +21,7 @@ from pathlib import Path
 
 from policy_host.cli import apply as apply_cli
 from policy_host.cli.main import main
-from policy_host.publish.apply import Environment
+from policy_host.publish.environment import Environment
 from policy_host.read.config import ProviderConfig
 
 # Run as a script: tests/ is not on the path of its own.

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import dns.rdatatype
 
-from policy_host.publish.apply import Environment
+from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.update import Primary, TsigKey, load_tsig_key
 from policy_host.read.config import ProviderConfig, load_config
-from policy_host.serve.snapshot import compile_snapshot
+from policy_host.read.tenants import LoadResult
+from policy_host.serve.compiler import compile_snapshot
 
 from .dnsservers import KnotServer, query
 from .dnsservers import TsigKey as HarnessKey
@@ -140,8 +141,22 @@ class InProcessServer:
         self.reloads = 0
 
     def reload(self) -> None:
-        self.table = compile_snapshot(self.config)[0].policies_by_host()
+        """A plain `policy-host reload`."""
+        self.table = compile_snapshot(self.config).snapshot.policies_by_host()
         self.reloads += 1
+
+    def serve(self, result: LoadResult, force: bool) -> ChangedDomains | None:
+        """The reload `apply` asks for: as ``real_environment``'s, the
+        validated tenant files are compiled, and written (and served) only
+        when something changed or ``force``."""
+        compiled = compile_snapshot(
+            self.config, loaded=result, proceed=lambda changed: bool(changed) or force
+        )
+        if not compiled.written:
+            return None
+        self.table = compiled.snapshot.policies_by_host()
+        self.reloads += 1
+        return compiled.changed_domains()
 
     def fetch(self, upstream: str, host: str) -> tuple[int, bytes]:
         body = self.table.get(host)
@@ -166,7 +181,7 @@ def environment(
             key = load_tsig_key(config.dns.tsig_key_file, config.dns.tsig_algorithm)
         primary = Primary(config.dns.primary, key, config.dns.timeout)
     return Environment(
-        reload=server.reload, fetch=server.fetch, dns=primary, clock=clock, sleep=time.sleep
+        reload=server.serve, fetch=server.fetch, dns=primary, clock=clock, sleep=time.sleep
     )
 
 

@@ -1,0 +1,136 @@
+"""Everything `apply` does to the world, passed in: the server, HTTP, DNS.
+
+``real_environment`` is production's: the running policy server (whose
+compile says what it changed), a fetch of each upstream the way a sender
+fetches (``fetch.fetch_from``) and the primary DNS server. Tests pass
+fakes or real servers of their own.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.update
+
+from policy_host.fetch import client_context, fetch_from
+from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
+from policy_host.read.config import ProviderConfig
+from policy_host.read.tenants import LoadResult
+
+# Seconds for one HTTP fetch while verifying.
+FETCH_TIMEOUT = 3.0
+
+Clock = Callable[[], float]
+# What a reload changed, by domain: the new bytes, or None when the domain
+# is no longer served.
+ChangedDomains = dict[str, bytes | None]
+# (the validated load, whether to reload even when nothing changed) -> what
+# the reload changed; None when nothing changed, nothing was to be served
+# and so nothing was reloaded.
+Reloader = Callable[[LoadResult, bool], ChangedDomains | None]
+# (upstream base URL, Host header) -> (HTTP status, body)
+Fetcher = Callable[[str, str], tuple[int, bytes]]
+# Called with each step's name once it is done (tests inject crashes here).
+Hook = Callable[[str], None]
+# (step, done, total): progress of long steps.
+Progress = Callable[[str, int, int], None]
+
+
+class UpdateClient(Protocol):
+    """What `apply` needs from the primary (``update.Primary``, or a fake)."""
+
+    key: TsigKey | None
+
+    @property
+    def server(self) -> tuple[str, int]: ...
+
+    def zone_for(self, name: str) -> str: ...
+
+    def send(self, update: dns.update.UpdateMessage) -> None: ...
+
+    def txt(self, name: str) -> list[bytes]: ...
+
+
+def _no_hook(step: str) -> None:
+    pass
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class Environment:
+    """Everything `apply` does to the world, passed in (tests use fakes)."""
+
+    # Serves the validated tenant files and the apply state as recorded.
+    reload: Reloader
+    fetch: Fetcher
+    # None: no primary to publish to (the operator loads `policy-host zone`).
+    dns: UpdateClient | None
+    clock: Clock = time.time
+    hook: Hook = _no_hook
+    progress: Progress = _no_progress
+    sleep: Callable[[float], None] = time.sleep
+    # Seconds after ``reload`` by which every worker serves the new bytes.
+    # One fetch that gets them proves only that *its* worker has them, so
+    # nothing is published before this much time has passed as well.
+    settle: float = 0.0
+
+
+def settle_time(watch_interval: float) -> float:
+    """How long after a compile every worker watching every
+    ``watch_interval`` seconds has swapped: one look may fall just before
+    the snapshot is replaced, the next one sees it."""
+    return 2 * watch_interval
+
+
+def real_environment(config: ProviderConfig) -> Environment:
+    """The production environment: the running server, HTTP, the primary."""
+    from policy_host.serve.server import go_live, running_pid
+    from policy_host.serve.snapshot import SnapshotMemo
+    from policy_host.serve.web import WATCH_INTERVAL
+
+    dns_client: UpdateClient | None = None
+    if config.dns.primary is not None:
+        if config.dns.tsig_key_file is None:
+            raise KeyFileError(
+                f"{config.path}: dns.tsig_key_file is not set: apply signs every UPDATE "
+                "to dns.primary with TSIG"
+            )
+        key = load_tsig_key(config.dns.tsig_key_file, config.dns.tsig_algorithm)
+        dns_client = Primary(config.dns.primary, key, config.dns.timeout)
+
+    # One run's compiles share what they read and wrote.
+    memo = SnapshotMemo()
+
+    def reload(result: LoadResult, force: bool) -> ChangedDomains | None:
+        # As `policy-host reload` does: the snapshot (tenant files as this
+        # run validated them + apply state) is rewritten and every worker
+        # swaps it in memory (WATCH_INTERVAL), without a restart; the server
+        # must be running for that.
+        def proceed(changed: dict[str, bytes | None]) -> bool:
+            if not changed and not force:
+                return False
+            running_pid(config)
+            return True
+
+        compiled = go_live(config, loaded=result, memo=memo, proceed=proceed)
+        return compiled.changed_domains() if compiled.written else None
+
+    context: list[ssl.SSLContext] = []
+
+    def fetch(upstream: str, host: str) -> tuple[int, bytes]:
+        if upstream.startswith("https:") and not context:
+            context.append(client_context())  # once: loading the CA store takes a while
+        return fetch_from(
+            upstream, host, timeout=FETCH_TIMEOUT, context=context[0] if context else None
+        )
+
+    return Environment(
+        reload=reload, fetch=fetch, dns=dns_client, settle=settle_time(WATCH_INTERVAL)
+    )

@@ -1,0 +1,214 @@
+"""The apply state opened for writing (`apply` only, under its lock)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from policy_host.state.rows import (
+    ACTIVE,
+    BUSY_TIMEOUT,
+    CHANGE,
+    DELETE,
+    GONE,
+    HISTORY_KEEP,
+    NEW,
+    PUBLISHED,
+    RECORDED,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SERVED,
+    STEPS,
+    UNPUBLISHED,
+    WITHDRAW,
+    WITHDRAWING,
+    Pending,
+    Record,
+    StateError,
+    record_of,
+    records_of,
+    user_version,
+)
+
+
+class Store:
+    """The state database opened for writing; every method is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Autocommit mode: transactions are opened explicitly below.
+            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=DELETE")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                if user_version(self._conn, path) == 0:
+                    # One statement at a time: executescript() would commit.
+                    for statement in SCHEMA:
+                        self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the apply state: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back by itself already (SQLITE_FULL
+                # when the disk is full): ROLLBACK's own error ("no
+                # transaction is active") must not hide the one that did it.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot write the apply state: {exc}") from exc
+
+    def records(self) -> dict[str, Record]:
+        try:
+            return records_of(self._conn)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
+
+    def begin(self, changes: Mapping[str, Pending], now: float) -> None:
+        """Record pending changes (replacing earlier pending ones)."""
+        with self._transaction() as conn:
+            for domain, pending in changes.items():
+                old = conn.execute(
+                    "SELECT pending_max_age FROM tenant WHERE domain = ? "
+                    "AND pending_kind IN (?, ?)",
+                    (domain, NEW, CHANGE),
+                ).fetchone()
+                # A superseded pending policy may have reached DNS: its
+                # max_age counts towards how long a withdrawal lasts.
+                longest = old[0] if old and old[0] is not None else 0
+                conn.execute(
+                    "INSERT INTO tenant (domain, status) VALUES (?, ?) "
+                    "ON CONFLICT (domain) DO NOTHING",
+                    (domain, UNPUBLISHED),
+                )
+                conn.execute(
+                    "UPDATE tenant SET pending_kind = ?, pending_id = ?, pending_fingerprint = ?, "
+                    "pending_body = ?, pending_max_age = ?, pending_step = ?, pending_since = ?, "
+                    "pending_served_at = NULL, pending_published_at = NULL, "
+                    "longest_max_age = MAX(longest_max_age, ?) WHERE domain = ?",
+                    (
+                        pending.kind,
+                        pending.policy_id,
+                        pending.fingerprint,
+                        pending.body,
+                        pending.max_age,
+                        RECORDED,
+                        now,
+                        longest,
+                        domain,
+                    ),
+                )
+                _add_history(conn, domain, now, f"begin {pending.kind}", pending)
+
+    def mark(self, domains: Iterable[str], step: str, now: float) -> None:
+        """Note that the pending changes of ``domains`` passed ``step``."""
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}")
+        column = {SERVED: "pending_served_at", PUBLISHED: "pending_published_at"}.get(step)
+        with self._transaction() as conn:
+            for domain in domains:
+                extra = f", {column} = ?" if column else ""
+                args: tuple[object, ...] = (step, now, domain) if column else (step, domain)
+                conn.execute(
+                    f"UPDATE tenant SET pending_step = ?{extra} "
+                    "WHERE domain = ? AND pending_kind IS NOT NULL",
+                    args,
+                )
+
+    def commit(self, domains: Iterable[str], now: float, *, confirmed: bool) -> None:
+        """Make the pending changes of ``domains`` the committed state.
+
+        ``confirmed`` is False when there is no primary to publish to (the
+        operator loads `policy-host zone` output by hand).
+        """
+        with self._transaction() as conn:
+            for domain in domains:
+                record = record_of(conn, domain)
+                pending = record.pending if record else None
+                if record is None or pending is None:
+                    continue
+                confirmed_at = now if confirmed else None
+                published_at = (pending.published_at or now) if confirmed else None
+                served_at = pending.served_at or now
+                if pending.kind == DELETE:
+                    conn.execute(
+                        "UPDATE tenant SET status = ?, policy_id = NULL, fingerprint = NULL, "
+                        "body = NULL, max_age = NULL, served_at = NULL, published_at = ?, "
+                        "confirmed_at = ?, withdrawal_started = NULL WHERE domain = ?",
+                        (GONE, published_at, confirmed_at, domain),
+                    )
+                else:
+                    withdrawing = pending.kind == WITHDRAW
+                    # The withdrawal clock starts when `mode: none` is first
+                    # confirmed in DNS: from then on every sender that looks
+                    # gets `none`, so older policies only live on in caches.
+                    started = (
+                        (record.withdrawal_started or now)
+                        if withdrawing and record.status == WITHDRAWING
+                        else (now if withdrawing else None)
+                    )
+                    conn.execute(
+                        "UPDATE tenant SET status = ?, policy_id = ?, fingerprint = ?, body = ?, "
+                        "max_age = ?, served_at = ?, published_at = ?, confirmed_at = ?, "
+                        "withdrawal_started = ?, longest_max_age = MAX(longest_max_age, ?) "
+                        "WHERE domain = ?",
+                        (
+                            WITHDRAWING if withdrawing else ACTIVE,
+                            pending.policy_id,
+                            pending.fingerprint,
+                            pending.body,
+                            pending.max_age,
+                            served_at,
+                            published_at,
+                            confirmed_at,
+                            started,
+                            0 if withdrawing else pending.max_age,
+                            domain,
+                        ),
+                    )
+                conn.execute(
+                    "UPDATE tenant SET pending_kind = NULL, pending_id = NULL, "
+                    "pending_fingerprint = NULL, pending_body = NULL, pending_max_age = NULL, "
+                    "pending_step = NULL, pending_since = NULL, pending_served_at = NULL, "
+                    "pending_published_at = NULL WHERE domain = ?",
+                    (domain,),
+                )
+                _add_history(conn, domain, now, f"commit {pending.kind}", pending)
+
+
+def _add_history(
+    conn: sqlite3.Connection, domain: str, now: float, event: str, pending: Pending
+) -> None:
+    conn.execute(
+        "INSERT INTO history (domain, at, event, policy_id, fingerprint, max_age) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (domain, now, event, pending.policy_id, pending.fingerprint, pending.max_age),
+    )
+    conn.execute(
+        "DELETE FROM history WHERE domain = ? AND seq NOT IN "
+        "(SELECT seq FROM history WHERE domain = ? ORDER BY seq DESC LIMIT ?)",
+        (domain, domain, HISTORY_KEEP),
+    )
