@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from policy_host.errors import PolicyHostError
+
 # Seconds between attempts while waiting for a held lock.
 LOCK_POLL = 0.05
 
@@ -98,14 +100,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class LockHeld(TimeoutError):
+class LockHeld(PolicyHostError, TimeoutError):
     """``locked`` gave up: another process holds the lock."""
 
     def __init__(self, path: Path, holder: str) -> None:
         self.path = path
         # The pid the holder wrote into the file ("" if it wrote none).
         self.holder = holder
-        super().__init__(f"{path}: held by {'pid ' + holder if holder else 'another process'}")
+        super().__init__(
+            f"{path}: another policy-host run holds this lock"
+            f"{' (pid ' + holder + ')' if holder else ''}"
+        )
 
 
 @contextlib.contextmanager

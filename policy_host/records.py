@@ -52,13 +52,18 @@ def has_version(text: str, version: str) -> bool:
     return text.startswith(version) and _WSP_SEMI.match(text, len(version)) is not None
 
 
-def joined_txt(rdata: dns.rdata.Rdata) -> str:
-    """A TXT record's strings joined with nothing between (RFC 8461 section
-    3.1), as text; bytes that are not ASCII show as escapes."""
+def txt_bytes(rdata: dns.rdata.Rdata) -> bytes:
+    """A TXT record's strings joined with nothing between them (RFC 8461
+    section 3.1, RFC 8460 section 3); ``b""`` for any other record type."""
     if not isinstance(rdata, dns.rdtypes.ANY.TXT.TXT):
-        return ""
+        return b""
     strings: Iterable[bytes] = rdata.strings
-    return b"".join(strings).decode("ascii", errors="backslashreplace")
+    return b"".join(strings)
+
+
+def joined_txt(rdata: dns.rdata.Rdata) -> str:
+    """``txt_bytes`` as text; bytes that are not ASCII show as escapes."""
+    return txt_bytes(rdata).decode("ascii", errors="backslashreplace")
 
 
 def _fields(text: str, version: str) -> list[str] | str:

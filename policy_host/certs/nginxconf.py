@@ -16,19 +16,17 @@ a later reload or restart never meets a broken config.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from policy_host.errors import PolicyHostError
-from policy_host.fileio import replace_file
+from policy_host.fileio import locked, replace_file
 from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import AcmeSettings, ProviderConfig
 from policy_host.read.tenants import load_tenants
@@ -135,17 +133,6 @@ class SyncResult:
     reloaded: bool = False
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise NginxError(f"{path}: another policy-host run holds this lock") from None
-        yield
-
-
 def _nginx(runner: Runner, argv: Sequence[str], what: str) -> None:
     result = runner(argv, timeout=NGINX_TIMEOUT)
     if not result.ok:
@@ -182,7 +169,7 @@ def sync(
     result.changed = old != new
     if dry_run or not result.changed:
         return result
-    with locked(config.state_dir / "nginx-conf.lock"):
+    with locked(config.state_dir / "nginx-conf.lock", write_pid=True):
         replace_file(path, new)
         os.chmod(path, 0o644)
         try:

@@ -38,9 +38,10 @@ from typing import TextIO
 from policy_host.certs.account import account_uris
 from policy_host.certs.attempts import HOUR, AttemptLog, attempt_log
 from policy_host.certs.certificate import CertsError, certificates_on_disk, read_certificate
-from policy_host.certs.nginxconf import hosted_domains, locked, policy_host_name, report, sync
+from policy_host.certs.nginxconf import hosted_domains, policy_host_name, report, sync
 from policy_host.certs.precheck import make_lookup, order_problem
 from policy_host.check.dnsclient import Lookup
+from policy_host.fileio import locked
 from policy_host.model import POLICY_HOST_PREFIX, InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 from policy_host.records import AcmeIdentity
@@ -282,7 +283,7 @@ def run_certs(
         raise CertsError(f"not hosted here: {', '.join(unknown)}")
     with contextlib.ExitStack() as stack:
         if not dry_run:
-            stack.enter_context(locked(config.state_dir / "certs.lock"))
+            stack.enter_context(locked(config.state_dir / "certs.lock", write_pid=True))
         attempts = stack.enter_context(attempt_log(run_.db_path, dry_run))
         outcomes = run_.obtain(wanted, attempts)
         for outcome in outcomes:

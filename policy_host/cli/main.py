@@ -20,7 +20,7 @@ from policy_host import __version__
 from policy_host.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.cli.owner import refusal
 from policy_host.errors import ConfigError, PolicyHostError, Problem
-from policy_host.model import InvalidValue, hostname
+from policy_host.model import ID_RECORD_PREFIX, POLICY_HOST_PREFIX, InvalidValue, hostname
 from policy_host.read.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.serve.compiler import served_from_state
     from policy_host.serve.server import go_live, running_pid
-    from policy_host.serve.snapshot import HOST_PREFIX, SnapshotMemo, merge, served_policies
+    from policy_host.serve.snapshot import SnapshotMemo, merge, served_policies
     from policy_host.serve.web import WATCH_INTERVAL
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
@@ -122,7 +122,7 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
             + ("its last good policy stays served" if domain in kept else "not served"),
             file=sys.stderr,
         )
-    old = {h.removeprefix(HOST_PREFIX): body for h, body in before.items()}
+    old = {h.removeprefix(POLICY_HOST_PREFIX): body for h, body in before.items()}
     changed = sorted(d for d, e in after.entries.items() if old.get(d) != e.body)
     removed = sorted(set(old) - set(after.entries))
     for domain in changed:
@@ -164,8 +164,8 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
     body = render(tenant.policy) if tenant else served.body  # type: ignore[union-attr]
     live = served is not None and served.body == body
     records = [
-        (f"mta-sts.{domain}.", "CNAME", f"{config.policy_host}."),
-        (f"_mta-sts.{domain}.", "CNAME", f"{config.id_record_target(domain)}."),
+        (f"{POLICY_HOST_PREFIX}{domain}.", "CNAME", f"{config.policy_host}."),
+        (f"{ID_RECORD_PREFIX}{domain}.", "CNAME", f"{config.id_record_target(domain)}."),
     ]
     txt_name = f"{config.id_record_target(domain)}."
     if args.json:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError, Problem
 from policy_host.fileio import LockHeld, locked
+from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
 from policy_host.publish.update import (
@@ -333,7 +334,7 @@ def _verify(config: ProviderConfig, env: Environment, want: Mapping[str, bytes |
     while True:
         for (domain, upstream), body in list(todo.items()):
             try:
-                status, got = env.fetch(upstream, f"mta-sts.{domain}")
+                status, got = env.fetch(upstream, POLICY_HOST_PREFIX + domain)
             except (OSError, http.client.HTTPException) as exc:
                 last[domain, upstream] = f"{upstream}: {exc}"
                 continue

@@ -37,6 +37,7 @@ import dns.update
 
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import TSIG_ALGORITHMS, ProviderConfig
+from policy_host.records import txt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,6 @@ def update_text(
     return "\n".join(lines)
 
 
-def joined_txt(rrset: dns.rrset.RRset) -> list[bytes]:
-    """Each TXT record's strings joined with nothing between them
-    (RFC 8461 section 3.1)."""
-    return [b"".join(rdata.strings) for rdata in rrset]
-
-
 # -- talking to the primary (I/O) ------------------------------------------
 
 # RFC 8945 section 5.3: the TSIG errors a server answers with.
@@ -298,7 +293,7 @@ class Primary:
         values: list[bytes] = []
         for rrset in response.answer:
             if rrset.name == qname and rrset.rdtype == dns.rdatatype.TXT:
-                values.extend(joined_txt(rrset))
+                values.extend(txt_bytes(rdata) for rdata in rrset)
         return values
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_host.errors import ConfigError, Problem
-from policy_host.model import InvalidValue, hostname
+from policy_host.model import MAX_AGE_LIMIT, InvalidValue, hostname
 from policy_host.read.schema import Fields
 from policy_host.read.yamlfile import parse_mapping, read_limited
 
@@ -415,7 +415,7 @@ def _apply_settings(fields: Fields | None) -> ApplySettings | None:
             _ranged(fields, "verify_timeout", 1, 600, int(DEFAULT_VERIFY_TIMEOUT))
         ),
         withdrawal_max_age=_ranged(
-            fields, "withdrawal_max_age", 0, 31_557_600, DEFAULT_WITHDRAWAL_MAX_AGE
+            fields, "withdrawal_max_age", 0, MAX_AGE_LIMIT, DEFAULT_WITHDRAWAL_MAX_AGE
         ),
     )
 
@@ -495,7 +495,7 @@ def _acme_settings(fields: Fields | None, base: Path) -> AcmeSettings | None:
         work_dir=_path(fields, "work_dir", DEFAULT_CERTBOT_WORK_DIR, base),
         logs_dir=_path(fields, "logs_dir", DEFAULT_CERTBOT_LOGS_DIR, base),
         orders_per_hour=_ranged(fields, "orders_per_hour", 1, 10_000, DEFAULT_ORDERS_PER_HOUR),
-        backoff=_ranged(fields, "backoff", 0, 31_557_600, DEFAULT_ACME_BACKOFF),
+        backoff=_ranged(fields, "backoff", 0, MAX_AGE_LIMIT, DEFAULT_ACME_BACKOFF),
     )
 
 

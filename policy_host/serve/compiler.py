@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from policy_host.errors import PolicyHostError
+from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, load_tenants
 from policy_host.serve import files as static
 from policy_host.serve.journal import changes, journal_path, write_journal
 from policy_host.serve.snapshot import (
-    HOST_PREFIX,
     Snapshot,
     SnapshotMemo,
     merge,
@@ -56,7 +56,7 @@ class Compiled:
 
     def changed_domains(self) -> dict[str, bytes | None]:
         """``changed`` by domain rather than by host."""
-        skip = len(HOST_PREFIX)
+        skip = len(POLICY_HOST_PREFIX)
         return {host[skip:]: body for host, body in self.changed.items()}
 
 
@@ -175,4 +175,4 @@ def served_from_state(
         return fallback_policies(config.state_db)
     except PolicyHostError as exc:
         log.error("%s; tenants without a file keep the policy served before", exc)
-        return {h.removeprefix(HOST_PREFIX): b for h, b in served.items()} if served else {}
+        return {h.removeprefix(POLICY_HOST_PREFIX): b for h, b in served.items()} if served else {}

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from policy_host.errors import PolicyHostError
 from policy_host.fileio import Identity, file_identity, replace_file
+from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadMemo, LoadResult
 from policy_host.render import fingerprint, render
@@ -37,7 +38,6 @@ FORMAT = 1
 # The source shown for a policy served from the apply state (no tenant file).
 STATE_SOURCE = "apply state (tenant file removed)"
 # Served policies are looked up by Host: this, then the tenant's domain.
-HOST_PREFIX = "mta-sts."
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Snapshot:
 
     def policies_by_host(self) -> dict[str, bytes]:
         """``mta-sts.<domain>`` -> body, the only lookup the web app does."""
-        return {HOST_PREFIX + domain: entry.body for domain, entry in self.entries.items()}
+        return {POLICY_HOST_PREFIX + domain: entry.body for domain, entry in self.entries.items()}
 
 
 def merge(
@@ -97,7 +97,7 @@ def merge(
         }
     kept = []
     for domain, source in sorted(result.broken.items()):
-        body = previous.get(HOST_PREFIX + domain) if previous else None
+        body = previous.get(POLICY_HOST_PREFIX + domain) if previous else None
         if body is None:
             body = from_state.get(domain)
         if body is not None:
@@ -202,7 +202,7 @@ def _read_lines(path: Path, handle: TextIO) -> tuple[dict[str, bytes], str]:
         if line == _FOOTER:
             return policies, snapshot_id
         domain, body = _entry(line)
-        policies[HOST_PREFIX + domain] = body
+        policies[POLICY_HOST_PREFIX + domain] = body
     raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: it ends early")
 
 

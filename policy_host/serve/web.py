@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from policy_host.errors import PolicyHostError
 from policy_host.fileio import Identity, identity_if_readable
+from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig, config_path, load_config
 from policy_host.serve.journal import Journal, journal_path, read_journal
 from policy_host.serve.snapshot import read_served, snapshot_id
@@ -55,7 +56,7 @@ def normalise_host(raw: str) -> str | None:
     if host.endswith("."):
         host = host[:-1]
     host = host.lower()
-    if not host.isascii() or not host.startswith("mta-sts."):
+    if not host.isascii() or not host.startswith(POLICY_HOST_PREFIX):
         return None
     return host
 

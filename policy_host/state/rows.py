@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import re
 import secrets
 import sqlite3
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from policy_host.errors import PolicyHostError
+from policy_host.records import is_policy_id
 
 SCHEMA_VERSION = 1
 # History rows kept per tenant (the newest ones).
@@ -45,7 +45,6 @@ PUBLISHED = "published"
 STEPS = (RECORDED, SERVED, PUBLISHED)
 
 # RFC 8461 section 3.1: id is 1-32 ASCII letters and digits.
-ID_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tenant (
@@ -110,7 +109,7 @@ class Pending:
             raise ValueError(f"unknown pending kind {self.kind!r}")
         if (self.policy_id is None) != (self.kind == DELETE):
             raise ValueError(f"{self.kind}: policy_id {self.policy_id!r} does not fit")
-        if self.policy_id is not None and not ID_PATTERN.match(self.policy_id):
+        if self.policy_id is not None and not is_policy_id(self.policy_id):
             raise ValueError(f"bad policy id {self.policy_id!r}")
 
 
