@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,11 +180,17 @@ def test_every_way_of_serving_swaps_within_what_apply_waits_for(
     sys.modules.pop("policy_host.serve.wsgi", None)
     try:
         wsgi = importlib.import_module("policy_host.serve.wsgi")
-        by_wsgi = wsgi.app.extensions["policy_host"].watch_interval
     finally:
         sys.modules.pop("policy_host.serve.wsgi", None)
     served = PolicyServer(config, bind="127.0.0.1:0", workers=1, threads=1).load()
-    by_serve = served.extensions["policy_host"].watch_interval
+    tables = [app.extensions["policy_host"] for app in (wsgi.app, served)]
+    watchers = [t for t in threading.enumerate() if t.name == "policy-host-snapshot-watcher"]
+    for table in tables:  # no thread outlives the test (others fork only without)
+        table.stop_watching()
+    for thread in watchers:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    by_wsgi, by_serve = (table.watch_interval for table in tables)
     waited = real_environment(config).settle
 
     assert by_wsgi is not None and by_serve is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,6 +149,7 @@ class PolicyTable:
         self._failed_journal: object = None
         # Seconds between looks, once ``watch`` runs.
         self.watch_interval: float | None = None
+        self._stopping = threading.Event()
 
     def get(self, host: str) -> bytes | None:
         return self.policies.get(host)
@@ -219,12 +219,13 @@ class PolicyTable:
             return None
 
     def watch(self, interval: float) -> threading.Thread:
-        """Refresh every ``interval`` seconds in a daemon thread."""
+        """Refresh every ``interval`` seconds in a daemon thread, until
+        ``stop_watching`` (a worker's ends with its process)."""
         self.watch_interval = interval
+        stopping = self._stopping
 
         def loop() -> None:
-            while True:
-                time.sleep(interval)
+            while not stopping.wait(interval):
                 try:
                     self.refresh()
                 except Exception:  # never let the watcher die
@@ -233,6 +234,10 @@ class PolicyTable:
         thread = threading.Thread(target=loop, name="policy-host-snapshot-watcher", daemon=True)
         thread.start()
         return thread
+
+    def stop_watching(self) -> None:
+        """End the watcher thread at its next look."""
+        self._stopping.set()
 
 
 def create_app(
