@@ -28,6 +28,7 @@ from __future__ import annotations
 from policy_host.state.read import (
     fallback_policies,
     history,
+    hosted_tlsrpt,
     published_ids,
     read_records,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "Store",
     "fallback_policies",
     "history",
+    "hosted_tlsrpt",
     "new_policy_id",
     "published_ids",
     "read_records",

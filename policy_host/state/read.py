@@ -13,6 +13,7 @@ from typing import Protocol
 from policy_host.state.rows import (
     ACTIVE,
     BUSY_TIMEOUT,
+    TLSRPT_SINCE,
     WITHDRAWING,
     HistoryEntry,
     Record,
@@ -109,6 +110,18 @@ def fallback_policies(path: Path) -> dict[str, bytes]:
             (ACTIVE, WITHDRAWING),
         ).fetchall()
     return {str(domain): bytes(body) for domain, body in rows if body is not None}
+
+
+def hosted_tlsrpt(path: Path) -> dict[str, bytes]:
+    """Domain -> the hosted ``_smtp._tls`` TXT value `apply` published
+    (``<domain>.<tlsrpt.zone>``); ``{}`` when there is none yet."""
+    with _read_only(path) as conn:
+        if conn is None or user_version(conn, path) < TLSRPT_SINCE:
+            return {}
+        rows = conn.execute(
+            "SELECT domain, tlsrpt FROM tenant WHERE tlsrpt IS NOT NULL ORDER BY domain"
+        ).fetchall()
+    return {str(domain): bytes(value) for domain, value in rows}
 
 
 def history(path: Path, domain: str | None = None) -> list[HistoryEntry]:

@@ -18,7 +18,9 @@ from typing import Any
 from policy_host.errors import PolicyHostError
 from policy_host.records import is_policy_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The schema version that added the hosted TLS-RPT column.
+TLSRPT_SINCE = 2
 # History rows kept per tenant (the newest ones).
 HISTORY_KEEP = 20
 # Seconds a reader or writer waits for another's transaction to finish.
@@ -80,6 +82,14 @@ SCHEMA = (
 )""",
     "CREATE INDEX IF NOT EXISTS history_domain ON history (domain, seq)",
 )
+
+# Statements that bring a database of version N-1 to N, by N; version 1 is
+# ``SCHEMA``. A new database is made by SCHEMA and then every migration.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # The hosted _smtp._tls TXT value `apply` published for the tenant
+    # (RFC 8460 section 3), NULL when none is.
+    TLSRPT_SINCE: ("ALTER TABLE tenant ADD COLUMN tlsrpt BLOB",),
+}
 
 
 class StateError(PolicyHostError):

@@ -14,6 +14,7 @@ from policy_host.state.rows import (
     DELETE,
     GONE,
     HISTORY_KEEP,
+    MIGRATIONS,
     NEW,
     PUBLISHED,
     RECORDED,
@@ -45,13 +46,22 @@ class Store:
             self._conn.execute("PRAGMA journal_mode=DELETE")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._transaction():
-                if user_version(self._conn, path) == 0:
-                    # One statement at a time: executescript() would commit.
-                    for statement in SCHEMA:
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._migrate(user_version(self._conn, path))
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the apply state: {exc}") from exc
+
+    def _migrate(self, version: int) -> None:
+        """Bring the schema from ``version`` to ``SCHEMA_VERSION`` (inside
+        the opening transaction: all of it or nothing)."""
+        if version == SCHEMA_VERSION:
+            return
+        # One statement at a time: executescript() would commit.
+        statements = list(SCHEMA) if version == 0 else []
+        for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            statements.extend(MIGRATIONS[step])
+        for statement in statements:
+            self._conn.execute(statement)
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
@@ -86,6 +96,24 @@ class Store:
             return records_of(self._conn)
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
+
+    def tlsrpt_values(self) -> dict[str, bytes]:
+        """Domain -> the hosted TLS-RPT value published for it."""
+        try:
+            rows = self._conn.execute(
+                "SELECT domain, tlsrpt FROM tenant WHERE tlsrpt IS NOT NULL"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
+        return {str(domain): bytes(value) for domain, value in rows}
+
+    def set_tlsrpt(self, values: Mapping[str, bytes | None]) -> None:
+        """Record the hosted TLS-RPT values published (None: deleted)."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE tenant SET tlsrpt = ? WHERE domain = ?",
+                [(value, domain) for domain, value in values.items()],
+            )
 
     def begin(self, changes: Mapping[str, Pending], now: float) -> None:
         """Record pending changes (replacing earlier pending ones)."""
