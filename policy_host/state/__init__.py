@@ -31,6 +31,7 @@ from policy_host.state.read import (
     hosted_tlsrpt,
     published_ids,
     read_records,
+    served_versions,
 )
 from policy_host.state.rows import (
     ACTIVE,
@@ -53,6 +54,7 @@ from policy_host.state.rows import (
     HistoryEntry,
     Pending,
     Record,
+    ServedVersion,
     StateError,
     new_policy_id,
 )
@@ -81,6 +83,7 @@ __all__ = [
     "HistoryEntry",
     "Pending",
     "Record",
+    "ServedVersion",
     "StateError",
     "Store",
     "fallback_policies",
@@ -89,4 +92,5 @@ __all__ = [
     "new_policy_id",
     "published_ids",
     "read_records",
+    "served_versions",
 ]

@@ -21,6 +21,7 @@ from policy_host.state.rows import (
     SCHEMA,
     SCHEMA_VERSION,
     SERVED,
+    SERVED_KEEP,
     STEPS,
     UNPUBLISHED,
     WITHDRAW,
@@ -158,6 +159,8 @@ class Store:
         column = {SERVED: "pending_served_at", PUBLISHED: "pending_published_at"}.get(step)
         with self._transaction() as conn:
             for domain in domains:
+                if step == SERVED:
+                    _served_version(conn, domain, now, committed=False)
                 extra = f", {column} = ?" if column else ""
                 args: tuple[object, ...] = (step, now, domain) if column else (step, domain)
                 conn.execute(
@@ -178,6 +181,7 @@ class Store:
                 pending = record.pending if record else None
                 if record is None or pending is None:
                     continue
+                _served_version(conn, domain, now, committed=True)
                 confirmed_at = now if confirmed else None
                 published_at = (pending.published_at or now) if confirmed else None
                 served_at = pending.served_at or now
@@ -225,6 +229,10 @@ class Store:
                     (domain,),
                 )
                 _add_history(conn, domain, now, f"commit {pending.kind}", pending)
+            conn.execute(
+                "DELETE FROM served WHERE replaced_at IS NOT NULL AND replaced_at < ?",
+                (now - SERVED_KEEP,),
+            )
 
 
 def _add_history(
@@ -240,3 +248,34 @@ def _add_history(
         "(SELECT seq FROM history WHERE domain = ? ORDER BY seq DESC LIMIT ?)",
         (domain, domain, HISTORY_KEEP),
     )
+
+
+def _served_version(conn: sqlite3.Connection, domain: str, now: float, *, committed: bool) -> None:
+    """Keep the ``served`` table (``state.served_versions``) in step with a
+    pending change being served (``committed`` False) or committed: the
+    version's row, and, once committed, every other version of the domain
+    marked replaced. A deletion replaces the last one and adds none."""
+    row = conn.execute(
+        "SELECT pending_kind, pending_id, pending_fingerprint, pending_max_age, "
+        "COALESCE(pending_served_at, ?) FROM tenant WHERE domain = ? "
+        "AND pending_kind IS NOT NULL",
+        (now, domain),
+    ).fetchone()
+    if row is None:
+        return
+    kind, policy_id, fp, max_age, served_at = row
+    if kind != DELETE:
+        conn.execute(
+            "INSERT INTO served (domain, fingerprint, policy_id, max_age, first_served, "
+            "last_committed, replaced_at) VALUES (?, ?, ?, ?, ?, ?, NULL) "
+            "ON CONFLICT (domain, fingerprint) DO UPDATE SET policy_id = excluded.policy_id, "
+            "max_age = excluded.max_age, replaced_at = NULL, "
+            "last_committed = COALESCE(excluded.last_committed, last_committed)",
+            (domain, fp, policy_id, max_age, served_at, now if committed else None),
+        )
+    if committed:
+        conn.execute(
+            "UPDATE served SET replaced_at = ? WHERE domain = ? AND replaced_at IS NULL "
+            "AND (fingerprint != ? OR ?)",
+            (now, domain, fp, kind == DELETE),
+        )
