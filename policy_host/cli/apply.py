@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from policy_host.cli.output import (
     EXIT_FAILURE,
@@ -20,21 +20,15 @@ from policy_host.cli.output import (
     PROGRESS_FROM,
     Progress,
 )
-from policy_host.publish.apply import VALIDATE, Report, run
-from policy_host.publish.environment import real_environment
-from policy_host.publish.plan import Change, iso
-from policy_host.publish.tlsrpt import TlsrptChange
-from policy_host.publish.update import id_record_value, record_name, txt_rdata
 from policy_host.read.config import ProviderConfig
-from policy_host.state import (
-    ACTIVE,
-    DELETE,
-    NEW,
-    WITHDRAW,
-    WITHDRAWING,
-    hosted_tlsrpt,
-    read_records,
-)
+
+if TYPE_CHECKING:
+    from policy_host.publish.apply import Report
+    from policy_host.publish.plan import Change
+    from policy_host.publish.tlsrpt import TlsrptChange
+
+# The publish and state modules (and dnspython under them) are imported by
+# the handlers: every other command starts without them.
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -69,6 +63,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.publish.apply import VALIDATE, run
+    from policy_host.publish.environment import real_environment
+
     env = real_environment(config)
     progress = Progress(sys.stderr, PROGRESS_FROM if not args.json else 0)
     env.progress = progress.step
@@ -98,6 +95,8 @@ def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def _change_line(change: Change, dry_run: bool) -> str:
+    from policy_host.state import DELETE, NEW, WITHDRAW
+
     would = "would " if dry_run else ""
     again = " (taking up an interrupted run)" if change.resumed else ""
     if change.kind == DELETE:
@@ -125,6 +124,9 @@ def _tlsrpt_line(change: TlsrptChange, dry_run: bool) -> str:
 
 def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
     """The human report: per tenant what changed, then notes and a summary."""
+    from policy_host.publish.plan import iso
+    from policy_host.publish.update import id_record_value, record_name, txt_rdata
+
     plan = report.plan
     dry = report.dry_run
     stopped = f" [not done: stopped at step '{report.failure.step}']" if report.failure else ""
@@ -189,6 +191,10 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
 
 
 def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.publish.plan import iso
+    from policy_host.publish.update import id_record_value, record_name, txt_rdata
+    from policy_host.state import ACTIVE, WITHDRAWING, hosted_tlsrpt, read_records
+
     records = read_records(config.state_db)
     out = sys.stdout
     print(f"; MTA-STS id records (RFC 8461 section 3.1) below {config.id_zone}.", file=out)

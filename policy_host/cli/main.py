@@ -34,7 +34,6 @@ from policy_host.read.config import (
     load_config,
     parse_bind,
 )
-from policy_host.read.tenants import default_jobs, load_tenants
 
 log = logging.getLogger("policy_host")
 
@@ -43,6 +42,8 @@ Handler = Callable[[argparse.Namespace, ProviderConfig], int]
 
 
 def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.read.tenants import default_jobs, load_tenants
+
     # Every core: 100,000 files take seconds of CPU (docs/performance.md).
     result = load_tenants(config, jobs=default_jobs())
     errors = len(result.errors)
@@ -93,6 +94,7 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.read.tenants import default_jobs, load_tenants
     from policy_host.serve.compiler import served_from_state
     from policy_host.serve.server import go_live, running_pid
     from policy_host.serve.snapshot import SnapshotMemo, merge, served_policies
