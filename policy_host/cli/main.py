@@ -272,7 +272,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         print(f"policy-host: the provider config {path} is not valid", file=sys.stderr)
-        return EXIT_USAGE
+        return _config_error_status(args)
     except PolicyHostError as exc:
         print(f"policy-host: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -284,6 +284,17 @@ def _main(argv: Sequence[str] | None) -> int:
             f"policy-host: internal error: {exc!r} (run with --debug for details)", file=sys.stderr
         )
         return EXIT_FAILURE
+
+
+def _config_error_status(args: argparse.Namespace) -> int:
+    """An MTA's pipe (`reports ingest` from standard input) bounces a message
+    on any status but 0 and 75; a broken provider config is the provider's
+    to fix, so the MTA should keep the message and retry (EX_TEMPFAIL)."""
+    from policy_host.cli.reports import EX_TEMPFAIL, reads_stdin
+
+    if args.command == "reports" and reads_stdin(args.args):
+        return EX_TEMPFAIL
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":
