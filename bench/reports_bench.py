@@ -14,8 +14,8 @@ senders per tenant). This script writes a day of such reports as
    --since 30d``, timed as commands and as the query alone.
 
 Targets: ingest <= 60 s and >= 0.5x the reference's rate; one tenant's 30
-days <= 0.2 s; --problems over all tenants <= 5 s. Exit 0 when all are
-met, 1 otherwise.
+days <= 0.2 s as a command (median of 7 runs); --problems over all tenants
+<= 5 s. Exit 0 when all are met, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import os
 import random
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from policy_host.reports.store import Store
 from policy_host.reports.summary import Limits, summarise
 
 DAY = 86_400
+ONE_TENANT_RUNS = 7
 SENDERS = ("google.com", "microsoft.com", "yahoo.com", "mail.ru", "comcast.net")
 RESULT_TYPES = ("certificate-expired", "starttls-not-supported", "sts-policy-fetch-error")
 
@@ -212,8 +214,14 @@ def main() -> int:
         print(f"{args.days} days: {total} reports, {size / 2**20:.0f} MiB "
               "(raw bytes kept for one day only)")  # fmt: skip
         tenant = domain(7)
-        one, done = cli(config_path, tenant, "--since", "30d")
-        assert tenant in done.stdout, done.stdout + done.stderr
+        # A command's time is mostly start-up, which the machine's load
+        # moves: the median of several runs.
+        runs = []
+        for _ in range(ONE_TENANT_RUNS):
+            seconds, done = cli(config_path, tenant, "--since", "30d")
+            assert tenant in done.stdout, done.stdout + done.stderr
+            runs.append(seconds)
+        one = statistics.median(runs)
         problems, done = cli(config_path, "--problems", "--since", "30d")
         assert done.returncode in (0, 1), done.stderr
         limits = Limits(config.tlsrpt.max_failure_rate, config.tlsrpt.min_sessions)
@@ -226,10 +234,11 @@ def main() -> int:
             found = summarise(store.conn, None, now - 30 * DAY, now, limits, problems_only=True,
                               detail=False)  # fmt: skip
             problems_query = time.perf_counter() - began
-        print(f"reports {tenant} --since 30d: {one:.3f} s command, {one_query:.3f} s query")
+        print(f"reports {tenant} --since 30d: {one:.3f} s command (median of {len(runs)}: "
+              f"{min(runs):.3f}-{max(runs):.3f}), {one_query:.3f} s query")  # fmt: skip
         print(f"reports --problems --since 30d: {problems:.2f} s command, "
               f"{problems_query:.2f} s query, {len(found)} tenants with problems")  # fmt: skip
-        ok &= one_query <= 0.2 and problems <= 5
+        ok &= one <= 0.2 and problems <= 5
         print(f"load average: {os.getloadavg()[0]:.2f}")
     print("all targets met" if ok else "some targets not met")
     return 0 if ok else 1

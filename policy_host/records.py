@@ -135,6 +135,12 @@ def parse_tlsrpt_record(text: str) -> tuple[list[str], str | None]:
     return rua, None
 
 
+def tlsrpt_record_value(rua: Sequence[str]) -> bytes:
+    """The TLS-RPT record (RFC 8460 section 3) sending reports to ``rua``:
+    ``v=TLSRPTv1; rua=URI,URI``. Bytes, for TXT rdata built from bytes."""
+    return f"{TLSRPT_VERSION}; rua={','.join(rua)}".encode("ascii")
+
+
 # -- CNAME --------------------------------------------------------------------
 
 

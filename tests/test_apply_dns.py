@@ -632,7 +632,7 @@ def test_without_a_primary_apply_serves_and_zone_lists_the_ids(
 
 
 def test_steps_are_the_documented_ones() -> None:
-    assert (*RUN_STEPS, "unserve") == apply_mod.STEPS
+    assert (*RUN_STEPS, "unserve", "tlsrpt") == apply_mod.STEPS
 
 
 def test_show_gives_the_published_id_and_the_safe_mx_migration(

@@ -145,3 +145,80 @@ def test_mode_none_skips_the_mx_lookup(config: ProviderConfig) -> None:
     report = asyncio.run(check_tenant(ctx, tenant))
     assert report.reasons == []
     assert ("customer.example", "MX") not in lookup.asked
+
+
+# -- TLS-RPT: hosted by CNAME, or the customer's own record -------------------
+
+OURS = "mailto:tlsrpt@provider.example"
+HOSTED = "customer.example._smtp._tls.provider.example"
+
+
+@pytest.fixture
+def reporting_config(tmp_path: Path) -> ProviderConfig:
+    (tmp_path / "tenants").mkdir()
+    (tmp_path / "config.yaml").write_text(
+        "tenants_dir: tenants\npolicy_host: mta-sts.provider.example\n"
+        "id_zone: _mta-sts.provider.example\n"
+        f"tlsrpt:\n  rua: {OURS}\n  zone: _smtp._tls.provider.example\n"
+    )
+    return load_config(tmp_path / "config.yaml")
+
+
+def tlsrpt_answer(chain: tuple[str, ...], *texts: str) -> DnsAnswer:
+    records = rdata("TXT", *texts) if texts else ()
+    return DnsAnswer("_smtp._tls.customer.example", "TXT", OK if texts else NODATA, chain, records)
+
+
+@pytest.mark.parametrize(
+    ("answer", "tenant_rua", "codes"),
+    [
+        # The CNAME reaches our record and it says what tlsrpt.rua says.
+        (tlsrpt_answer((HOSTED,), f'"v=TLSRPTv1; rua={OURS}"'), (), []),
+        # The CNAME reaches our record, which holds an older rua.
+        (
+            tlsrpt_answer((HOSTED,), '"v=TLSRPTv1; rua=mailto:old@provider.example"'),
+            (),
+            ["tlsrpt_hosted_stale"],
+        ),
+        # The CNAME reaches our name, where apply has published nothing yet.
+        (tlsrpt_answer((HOSTED,)), (), ["tlsrpt_missing"]),
+        # The customer's own record lists our rua among others: fine.
+        (tlsrpt_answer((), f'"v=TLSRPTv1; rua=mailto:t@customer.example,{OURS}"'), (), []),
+        # The customer's own record does not reach us.
+        (tlsrpt_answer((), '"v=TLSRPTv1; rua=mailto:t@customer.example"'), (), ["tlsrpt_not_ours"]),
+        # ...which is what a tenant naming only its own destinations wants.
+        (
+            tlsrpt_answer((), '"v=TLSRPTv1; rua=mailto:t@customer.example"'),
+            ("mailto:t@customer.example",),
+            [],
+        ),
+    ],
+)
+def test_tlsrpt_hosted_or_own_record(
+    reporting_config: ProviderConfig,
+    answer: DnsAnswer,
+    tenant_rua: tuple[str, ...],
+    codes: list[str],
+) -> None:
+    tenant = Tenant("customer.example", POLICY, source="test", tlsrpt_rua=tenant_rua)
+    ctx = CheckContext(
+        config=reporting_config,
+        lookup=healthy(tlsrpt=answer),
+        expected_ids={"customer.example": "1"},
+    )
+    report = asyncio.run(check_tenant(ctx, tenant))
+    assert report.codes == codes
+    assert report.observed["tlsrpt"]["hosted"] == bool(answer.chain)
+
+
+def test_tlsrpt_missing_names_both_ways(reporting_config: ProviderConfig) -> None:
+    ctx = CheckContext(
+        config=reporting_config,
+        lookup=healthy(tlsrpt=tlsrpt_answer(())),
+        expected_ids={"customer.example": "1"},
+    )
+    report = asyncio.run(check_tenant(ctx, TENANT))
+    assert report.codes == ["tlsrpt_missing"]
+    message = report.reasons[0].message
+    assert f"CNAME {HOSTED}." in message
+    assert f'TXT "v=TLSRPTv1; rua={OURS}"' in message

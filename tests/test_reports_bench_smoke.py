@@ -26,7 +26,8 @@ def test_reports_bench_prints_every_figure() -> None:
         rf"reference gunzip\+json.loads\+INSERT: {NUMBER} s; ingest rate {NUMBER}x of it",
         rf"stored: 100 reports, {NUMBER} bytes each",
         r"3 days: 300 reports",
-        rf"reports customer000007.example --since 30d: {NUMBER} s command, {NUMBER} s query",
+        rf"reports customer000007.example --since 30d: {NUMBER} s command "
+        rf"\(median of 7: {NUMBER}-{NUMBER}\), {NUMBER} s query",
         rf"reports --problems --since 30d: {NUMBER} s command, {NUMBER} s query",
     ):
         assert re.search(pattern, done.stdout), (pattern, done.stdout)

@@ -187,3 +187,20 @@ def test_ingest_many_files_through_the_worker_pool(config: ProviderConfig, tmp_p
         "double quotes: line 1 column 2 (char 1)",
         "ingested: 1 refused, 250 stored",
     ]
+
+
+@pytest.mark.parametrize("argv", [("ingest",), ("ingest", "-")])
+def test_the_mta_pipe_asks_for_a_retry_when_the_config_is_broken(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    """Postfix bounces on any status but 0 and 75 (EX_TEMPFAIL): a broken
+    provider config must not bounce the customers' reports."""
+    config = report_tree(tmp_path)
+    config.path.write_text(config.path.read_text() + "tlsrpt_typo: [\n")
+    message = (CORPUS / "every-field.json").read_bytes()
+    done = run(config, *argv, stdin=message)
+    assert done.returncode == 75, done.stderr
+    assert f"the provider config {config.path} is not valid" in done.stderr
+    # Reading files (an operator at a terminal) stays a usage error.
+    done = run(config, "ingest", str(CORPUS / "every-field.json"))
+    assert done.returncode == 2, done.stderr

@@ -161,3 +161,77 @@ def test_migrating_from_version_1_fills_the_daily_totals(tmp_path: Path) -> None
     with Store(config.reports_db) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         _daily_matches_results(store.conn)
+
+
+def _body(n: int) -> bytes:
+    return (
+        f"version: STSv1\r\nmode: enforce\r\nmx: mx{n}.example.com\r\nmax_age: 86400\r\n".encode()
+    )
+
+
+def test_a_version_older_than_the_kept_history_is_still_tied(tmp_path: Path) -> None:
+    """The history keeps the last 20 events per tenant (two per change);
+    the served versions keep every version until long after its max_age."""
+    path = tmp_path / "state.sqlite3"
+    for n in range(30):
+        kind = state.NEW if n == 0 else state.CHANGE
+        _publish(path, _body(n), f"id{n}", kind, T1 + n * DAY)
+    assert len(state.history(path, "example.com")) == state.HISTORY_KEEP
+    served = ServedHistory.load(path)
+    # Version 0 was replaced at T1 + DAY and has a max_age of one day.
+    early = served.tie(_result(_body(0)), T1 + DAY + DAY / 2)
+    late = served.tie(_result(_body(0)), T1 + 3 * DAY)
+    assert (early.policy_id, early.match) == ("id0", PREVIOUS)
+    assert (late.policy_id, late.match) == ("id0", STALE)
+    now = served.tie(_result(_body(29)), T1 + 30 * DAY)
+    assert (now.policy_id, now.match) == ("id29", CURRENT)
+
+
+def test_replaced_versions_are_pruned_after_the_longest_max_age(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    _publish(path, _body(0), "id0", state.NEW, T1)
+    _publish(path, _body(1), "id1", state.CHANGE, T1 + DAY)
+    later = T1 + DAY + state.rows.SERVED_KEEP
+    _publish(path, _body(2), "id2", state.CHANGE, later)  # id0 replaced just within the keep
+    assert [v.policy_id for v in state.served_versions(path)] == ["id0", "id1", "id2"]
+    _publish(path, _body(3), "id3", state.CHANGE, later + 1)
+    versions = {v.policy_id: v for v in state.served_versions(path)}
+    assert sorted(versions) == ["id1", "id2", "id3"]
+    assert versions["id1"].replaced_at == later
+    assert versions["id3"].replaced_at is None and versions["id3"].last_committed == later + 1
+
+
+def test_a_version_served_but_not_committed_is_known(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    _publish(path, BODY_A, "idA", state.NEW, T1)
+    with state.Store(path) as store:
+        pending = state.Pending(state.CHANGE, "idB", fingerprint(BODY_B), BODY_B, 604800)
+        store.begin({"example.com": pending}, T2)
+        store.mark(["example.com"], state.SERVED, T2 + 1)
+    versions = {v.policy_id: v for v in state.served_versions(path)}
+    assert versions["idB"].first_served == T2 + 1 and versions["idB"].last_committed is None
+    assert versions["idA"].replaced_at is None  # idB is not committed yet
+    tie = ServedHistory.load(path).tie(_result(BODY_B), T2 + 2)
+    assert (tie.policy_id, tie.match) == ("idB", CURRENT)
+
+
+def test_an_older_state_reads_and_migrates_its_history_alike(tmp_path: Path) -> None:
+    """A state from before the served table: readers derive the versions
+    from its history, and `apply`'s first open fills the table the same way."""
+    path = tmp_path / "state.sqlite3"
+    _publish(path, BODY_A, "idA", state.NEW, T1)
+    _publish(path, BODY_B, "idB", state.CHANGE, T2)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE served")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    before = sorted(state.served_versions(path), key=lambda v: v.policy_id)
+    assert [(v.policy_id, v.first_served, v.last_committed, v.replaced_at) for v in before] == [
+        ("idA", T1, T1, T2),
+        ("idB", T2, T2, None),
+    ]
+    with state.Store(path):
+        pass
+    after = sorted(state.served_versions(path), key=lambda v: v.policy_id)
+    assert after == before

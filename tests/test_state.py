@@ -200,3 +200,30 @@ def test_readers_recover_from_a_commit_killed_half_way(cfg: ProviderConfig, tmp_
 
     assert ids == {f"t{n}.example": f"id{n}" for n in range(50)}
     assert not Path(f"{cfg.state_db}-journal").exists()
+
+
+def test_a_version_1_state_is_migrated_on_open(tmp_path: Path) -> None:
+    """A state written before hosted TLS-RPT records keeps its rows; readers
+    of the new column get nothing until `apply` has migrated it."""
+    from policy_host.state import hosted_tlsrpt
+    from policy_host.state.rows import SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "state.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in SCHEMA:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO tenant (domain, status, policy_id) VALUES ('a.example', 'active', 'id1')"
+    )
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    assert hosted_tlsrpt(path) == {}
+
+    with Store(path) as store:
+        assert store.records()["a.example"].policy_id == "id1"
+        store.set_tlsrpt({"a.example": b"v=TLSRPTv1; rua=mailto:r@provider.example"})
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+    assert hosted_tlsrpt(path) == {"a.example": b"v=TLSRPTv1; rua=mailto:r@provider.example"}

@@ -48,6 +48,8 @@ REASONS: dict[str, str] = {
     "tlsrpt_multiple": "more than one v=TLSRPTv1 record (warning)",
     "tlsrpt_invalid": "the TLS-RPT record or one of its rua URIs is not valid (warning)",
     "tlsrpt_rua_mismatch": "the rua URIs differ from the tenant's tlsrpt_rua (warning)",
+    "tlsrpt_not_ours": "the customer's own record lists none of our tlsrpt.rua (warning)",
+    "tlsrpt_hosted_stale": "our hosted record differs from tlsrpt.rua (warning; run apply)",
     "caa_forbids_ca": "CAA records forbid the configured certificate authority (warning)",
     "dns_timeout": "the resolver did not answer in time",
     "dns_servfail": "the resolver answered SERVFAIL",

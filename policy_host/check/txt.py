@@ -9,6 +9,7 @@ from policy_host.check import dnsclient, judge
 from policy_host.check.context import CheckContext
 from policy_host.check.reasons import FAIL, WARN, TenantReport, observed, shown
 from policy_host.model import TLSRPT_PREFIX, Tenant
+from policy_host.read.config import ProviderConfig
 from policy_host.records import (
     STS_VERSION,
     TLSRPT_VERSION,
@@ -17,6 +18,7 @@ from policy_host.records import (
     joined_txt,
     parse_sts_record,
     parse_tlsrpt_record,
+    tlsrpt_record_value,
 )
 
 
@@ -130,7 +132,13 @@ def _compare_id(
 
 
 async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) -> None:
-    """Step 4: one valid TLS-RPT record (RFC 8460 section 3); warnings only."""
+    """Step 4: one valid TLS-RPT record (RFC 8460 section 3); warnings only.
+
+    The customer either points ``_smtp._tls.<domain>`` at our hosted record
+    by CNAME (it must then hold what `apply` publishes) or keeps its own
+    record; a tenant that expects reports from us (``expects_our_reports``)
+    must then list one of our ``rua`` URIs.
+    """
     name = TLSRPT_PREFIX + tenant.domain
     answer = await judge.resolve(ctx.lookup, name, "TXT")
     records = [joined_txt(r) for r in answer.records]
@@ -138,17 +146,13 @@ async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) 
     if answer.failed:
         report.dns_failure(answer, WARN)
         return
+    config = ctx.config
+    target = config.tlsrpt_record_target(tenant.domain)
+    hosted = target is not None and bool(answer.chain) and chain_reaches(answer.chain, target)
+    report.observed["tlsrpt"]["hosted"] = hosted
     candidates = [text for text in records if has_version(text, TLSRPT_VERSION)]
-    expected = tenant.tlsrpt_rua
-    hint = f" '{name}. TXT \"{TLSRPT_VERSION}; rua={','.join(expected)}\"'" if expected else ""
     if not candidates:
-        report.add(
-            "tlsrpt_missing",
-            WARN,
-            f"{name} has no {TLSRPT_VERSION} record; nobody receives TLS failure reports"
-            + (f"; the customer could add{hint}" if hint else ""),
-            subject=name,
-        )
+        _tlsrpt_missing(ctx, tenant, name, hosted, report)
         return
     if len(candidates) > 1:
         report.add(
@@ -168,6 +172,18 @@ async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) 
             subject=name,
         )
         return
+    if hosted:
+        ours = list(config.tlsrpt.rua)
+        if sorted(rua) != sorted(ours):
+            report.add(
+                "tlsrpt_hosted_stale",
+                WARN,
+                f"{name} leads to our hosted record, which sends reports to {', '.join(rua)} "
+                f"instead of {', '.join(ours) or 'nowhere of ours'}; run 'policy-host apply'",
+                subject=name,
+            )
+        return
+    expected = tenant.tlsrpt_rua
     if expected and sorted(rua) != sorted(expected):
         report.add(
             "tlsrpt_rua_mismatch",
@@ -176,3 +192,48 @@ async def check_tlsrpt(ctx: CheckContext, tenant: Tenant, report: TenantReport) 
             f"{', '.join(expected)}",
             subject=name,
         )
+    elif expects_our_reports(config, tenant) and not set(rua) & set(config.tlsrpt.rua):
+        report.add(
+            "tlsrpt_not_ours",
+            WARN,
+            f"{name} sends reports to {', '.join(rua)}, none of them ours; no TLS report "
+            f"for {tenant.domain} reaches the provider; {_tlsrpt_fix(ctx, tenant)}",
+            subject=name,
+        )
+
+
+def expects_our_reports(config: ProviderConfig, tenant: Tenant) -> bool:
+    """Does the tenant expect its TLS reports to reach us? When we run report
+    destinations, unless its file names only destinations of its own."""
+    ours = set(config.tlsrpt.rua)
+    return bool(ours) and (not tenant.tlsrpt_rua or bool(ours & set(tenant.tlsrpt_rua)))
+
+
+def _tlsrpt_fix(ctx: CheckContext, tenant: Tenant) -> str:
+    """What the customer can do: the two ways of ``policy-host show``."""
+    name = TLSRPT_PREFIX + tenant.domain
+    config = ctx.config
+    target = config.tlsrpt_record_target(tenant.domain)
+    rua = tenant.tlsrpt_rua or config.tlsrpt.rua
+    own = f"'{name}. TXT \"{tlsrpt_record_value(rua).decode('ascii')}\"'"
+    if target is not None and config.tlsrpt.hosted:
+        return f"the customer could set '{name}. CNAME {target}.' or {own}"
+    return f"the customer could set {own}"
+
+
+def _tlsrpt_missing(
+    ctx: CheckContext, tenant: Tenant, name: str, hosted: bool, report: TenantReport
+) -> None:
+    if hosted:
+        what = "leads to our hosted record, which is not published (run 'policy-host apply')"
+    else:
+        what = f"has no {TLSRPT_VERSION} record"
+    hint = ""
+    if not hosted and (tenant.tlsrpt_rua or ctx.config.tlsrpt.rua):
+        hint = f"; {_tlsrpt_fix(ctx, tenant)}"
+    report.add(
+        "tlsrpt_missing",
+        WARN,
+        f"{name} {what}; nobody receives TLS failure reports{hint}",
+        subject=name,
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from policy_host.cli.output import (
     EXIT_FAILURE,
@@ -20,12 +20,15 @@ from policy_host.cli.output import (
     PROGRESS_FROM,
     Progress,
 )
-from policy_host.publish.apply import VALIDATE, Report, run
-from policy_host.publish.environment import real_environment
-from policy_host.publish.plan import Change, iso
-from policy_host.publish.update import id_record_value, record_name, txt_rdata
 from policy_host.read.config import ProviderConfig
-from policy_host.state import ACTIVE, DELETE, NEW, WITHDRAW, WITHDRAWING, read_records
+
+if TYPE_CHECKING:
+    from policy_host.publish.apply import Report
+    from policy_host.publish.plan import Change
+    from policy_host.publish.tlsrpt import TlsrptChange
+
+# The publish and state modules (and dnspython under them) are imported by
+# the handlers: every other command starts without them.
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -60,6 +63,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.publish.apply import VALIDATE, run
+    from policy_host.publish.environment import real_environment
+
     env = real_environment(config)
     progress = Progress(sys.stderr, PROGRESS_FROM if not args.json else 0)
     env.progress = progress.step
@@ -89,6 +95,8 @@ def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def _change_line(change: Change, dry_run: bool) -> str:
+    from policy_host.state import DELETE, NEW, WITHDRAW
+
     would = "would " if dry_run else ""
     again = " (taking up an interrupted run)" if change.resumed else ""
     if change.kind == DELETE:
@@ -106,8 +114,19 @@ def _change_line(change: Change, dry_run: bool) -> str:
     return f"{change.domain}: {change.kind}: {would}{verb} {ids}{again}"
 
 
+def _tlsrpt_line(change: TlsrptChange, dry_run: bool) -> str:
+    would = "would " if dry_run else ""
+    if change.value is None:
+        return f"{change.domain}: tlsrpt: {would}delete the hosted record {change.name}"
+    value = change.value.decode("ascii")
+    return f"{change.domain}: tlsrpt: {would}set the hosted record {change.name} to {value!r}"
+
+
 def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
     """The human report: per tenant what changed, then notes and a summary."""
+    from policy_host.publish.plan import iso
+    from policy_host.publish.update import id_record_value, record_name, txt_rdata
+
     plan = report.plan
     dry = report.dry_run
     stopped = f" [not done: stopped at step '{report.failure.step}']" if report.failure else ""
@@ -116,6 +135,8 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
         if dry:
             for line in change.diff():
                 print(f"    {line}", file=out)
+    for hosted in report.tlsrpt:
+        print(_tlsrpt_line(hosted, dry) + stopped, file=out)
     for withdrawal in plan.withdrawing:
         print(
             f"{withdrawal.domain}: withdrawing: serving mode none (id {withdrawal.policy_id}) "
@@ -134,7 +155,7 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
         for text in report.updates:
             for line in text.splitlines():
                 print(f"    {line}", file=out)
-    if report.manual_dns and plan.changes:
+    if report.manual_dns and (plan.changes or report.tlsrpt):
         print(
             ("after apply, " if dry else "")
             + "dns.primary is not set: load these records into the provider zone yourself "
@@ -148,10 +169,18 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
             else:
                 rdata = txt_rdata(id_record_value(change.new_id)).to_text()
                 print(f"    {name} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
+        for hosted in report.tlsrpt:
+            if hosted.value is None:
+                print(f"    ; delete {hosted.name} TXT", file=out)
+            else:
+                rdata = txt_rdata(hosted.value).to_text()
+                print(f"    {hosted.name} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
     if report.failure is not None:
         return
     count = len(plan.changes)
     summary = f"{count} change{'s' if count != 1 else ''}, {len(plan.unchanged)} unchanged"
+    if report.tlsrpt:
+        summary += f", {len(report.tlsrpt)} hosted TLS-RPT record(s) set or deleted"
     if dry:
         shown = " (the new ids shown are examples)" if count else ""
         print(f"dry run: {summary}; nothing was changed{shown}", file=sys.stderr)
@@ -162,6 +191,10 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
 
 
 def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.publish.plan import iso
+    from policy_host.publish.update import id_record_value, record_name, txt_rdata
+    from policy_host.state import ACTIVE, WITHDRAWING, hosted_tlsrpt, read_records
+
     records = read_records(config.state_db)
     out = sys.stdout
     print(f"; MTA-STS id records (RFC 8461 section 3.1) below {config.id_zone}.", file=out)
@@ -180,4 +213,13 @@ def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:
             print(f"; {domain}: withdrawing (mode none) until {until}", file=out)
         rdata = txt_rdata(id_record_value(record.policy_id)).to_text()
         print(f"{record_name(config, domain)} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
+    hosted = hosted_tlsrpt(config.state_db)
+    if hosted and config.tlsrpt.zone is not None:
+        print(
+            f"; Hosted TLS-RPT records (RFC 8460 section 3) below {config.tlsrpt.zone}.", file=out
+        )
+        for domain, value in hosted.items():
+            name = config.tlsrpt_record_target(domain)
+            rdata = txt_rdata(value).to_text()
+            print(f"{name}. {config.dns.txt_ttl} IN TXT {rdata}", file=out)
     return EXIT_OK

@@ -14,13 +14,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
 
 from policy_host import __version__
-from policy_host.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from policy_host.cli.output import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    print_problems,
+)
 from policy_host.cli.owner import refusal
-from policy_host.errors import ConfigError, PolicyHostError, Problem
-from policy_host.model import ID_RECORD_PREFIX, POLICY_HOST_PREFIX, InvalidValue, hostname
+from policy_host.errors import ConfigError, PolicyHostError
+from policy_host.model import POLICY_HOST_PREFIX, InvalidValue
 from policy_host.read.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
@@ -29,12 +34,6 @@ from policy_host.read.config import (
     load_config,
     parse_bind,
 )
-from policy_host.read.scan import SUFFIX
-from policy_host.read.tenantfile import MAX_TENANT_BYTES, domain_from_filename, parse_tenant
-from policy_host.read.tenants import default_jobs, load_tenants
-from policy_host.read.yamlfile import read_limited
-from policy_host.render import render
-from policy_host.serve.snapshot import read_snapshot
 
 log = logging.getLogger("policy_host")
 
@@ -42,12 +41,9 @@ log = logging.getLogger("policy_host")
 Handler = Callable[[argparse.Namespace, ProviderConfig], int]
 
 
-def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
-    for problem in problems:
-        print(problem, file=out)
-
-
 def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.read.tenants import default_jobs, load_tenants
+
     # Every core: 100,000 files take seconds of CPU (docs/performance.md).
     result = load_tenants(config, jobs=default_jobs())
     errors = len(result.errors)
@@ -68,7 +64,7 @@ def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
         )
         print()
     else:
-        _print_problems(result.problems, sys.stdout)
+        print_problems(result.problems, sys.stdout)
         if not args.quiet:
             verdict = "ok" if errors == 0 else "FAILED"
             print(
@@ -98,6 +94,7 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.read.tenants import default_jobs, load_tenants
     from policy_host.serve.compiler import served_from_state
     from policy_host.serve.server import go_live, running_pid
     from policy_host.serve.snapshot import SnapshotMemo, merge, served_policies
@@ -115,7 +112,7 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     else:
         compiled = go_live(config, memo=memo)
         after, result, kept = compiled.snapshot, compiled.result, compiled.kept
-    _print_problems(result.problems, sys.stdout)
+    print_problems(result.problems, sys.stdout)
     for domain in sorted(result.broken):
         print(
             f"{domain}: not changed: "
@@ -137,86 +134,6 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
         file=sys.stderr,
     )
     return EXIT_PROBLEMS if result.errors else EXIT_OK
-
-
-def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
-    try:
-        domain = hostname(args.domain.rstrip("."), what="domain").ascii
-    except InvalidValue as exc:
-        print(f"policy-host: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    path = config.tenants_dir / f"{domain}{SUFFIX}"
-    problems: list[Problem] = []
-    tenant = None
-    if path.exists():
-        data = read_limited(path, MAX_TENANT_BYTES)
-        if isinstance(data, Problem):
-            problems.append(data)
-        elif domain_from_filename(path, config, problems) is not None:
-            tenant = parse_tenant(path, data, domain, problems)
-    snapshot = read_snapshot(config.snapshot_path)
-    served = snapshot.entries.get(domain) if snapshot else None
-    if tenant is None and served is None:
-        _print_problems(problems, sys.stderr)
-        reason = "is not valid" if path.exists() else "does not exist"
-        print(f"policy-host: {domain}: {path} {reason} and nothing is served", file=sys.stderr)
-        return EXIT_PROBLEMS
-    body = render(tenant.policy) if tenant else served.body  # type: ignore[union-attr]
-    live = served is not None and served.body == body
-    records = [
-        (f"{POLICY_HOST_PREFIX}{domain}.", "CNAME", f"{config.policy_host}."),
-        (f"{ID_RECORD_PREFIX}{domain}.", "CNAME", f"{config.id_record_target(domain)}."),
-    ]
-    txt_name = f"{config.id_record_target(domain)}."
-    if args.json:
-        json.dump(
-            {
-                "domain": domain,
-                "url": f"https://mta-sts.{domain}/.well-known/mta-sts.txt",
-                "policy": body.decode("ascii"),
-                "served": live,
-                "customer_records": [{"name": n, "type": t, "value": v} for n, t, v in records],
-                "provider_txt_name": txt_name,
-                "problems": [p.as_dict() for p in problems],
-            },
-            sys.stdout,
-            indent=2,
-        )
-        print()
-        return EXIT_PROBLEMS if any(p.is_error for p in problems) else EXIT_OK
-    _print_problems(problems, sys.stderr)
-    state = "served now" if live else "not served yet: run 'policy-host reload'"
-    if tenant is None:
-        state = "the file is broken; this is the last good policy, still served"
-        if not path.exists():
-            state = "tenant file removed: 'policy-host apply' withdraws it, then deletes it"
-    print(f"; Policy for https://mta-sts.{domain}/.well-known/mta-sts.txt ({state})")
-    sys.stdout.write(body.decode("ascii").replace("\r\n", "\n"))
-    print()
-    print(f"; Records the customer adds to the {domain} zone, once:")
-    width = max(len(n) for n, _, _ in records)
-    for name, rtype, value in records:
-        print(f"{name:<{width}}  3600  IN  {rtype}  {value}")
-    print()
-    print("; Record in the provider zone (policy-host apply publishes and rotates it):")
-    from policy_host.state import published_ids
-
-    policy_id = published_ids(config.state_db).get(domain, "<not published yet>")
-    print(f'{txt_name}  {config.dns.txt_ttl}  IN  TXT  "v=STSv1; id={policy_id};"')
-    if tenant is not None and tenant.policy.mode != "none":
-        # RFC 8461 section 8: senders may hold the old policy for its max_age.
-        print()
-        print("; Moving MX hosts safely (RFC 8461 section 8): add the new MX to mx: and run")
-        print(f"; 'policy-host apply'; wait max_age ({tenant.policy.max_age} s) so no sender")
-        print("; still caches a policy without it; then change the MX records; then drop the")
-        print("; old entry and apply again (apply warns whenever an mx entry is dropped).")
-    if tenant is not None and tenant.tlsrpt_rua:
-        print()
-        print("; Optional, for TLS reports (RFC 8460), in the customer's zone:")
-        print(
-            f'_smtp._tls.{domain}.  3600  IN  TXT  "v=TLSRPTv1; rua={",".join(tenant.tlsrpt_rua)}"'
-        )
-    return EXIT_PROBLEMS if any(p.is_error for p in problems) else EXIT_OK
 
 
 def _bind_arg(text: str) -> str:
@@ -292,16 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     p.set_defaults(handler=cmd_reload)
 
-    p = sub.add_parser(
-        "show",
-        parents=[common],
-        help="a tenant's policy and the DNS records the customer must add",
-        description="Print the policy served for DOMAIN and, in zone-file form, the two CNAME "
-        "records the customer adds and the TXT name the provider publishes.",
-    )
-    p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_show)
+    from policy_host.cli import show as show_cli  # show: a tenant's policy and records
+
+    show_cli.register(sub, common)
 
     from policy_host.cli import apply as apply_cli  # apply and zone: rotate and publish policy ids
 
@@ -362,7 +272,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         print(f"policy-host: the provider config {path} is not valid", file=sys.stderr)
-        return EXIT_USAGE
+        return _config_error_status(args)
     except PolicyHostError as exc:
         print(f"policy-host: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -374,6 +284,17 @@ def _main(argv: Sequence[str] | None) -> int:
             f"policy-host: internal error: {exc!r} (run with --debug for details)", file=sys.stderr
         )
         return EXIT_FAILURE
+
+
+def _config_error_status(args: argparse.Namespace) -> int:
+    """An MTA's pipe (`reports ingest` from standard input) bounces a message
+    on any status but 0 and 75; a broken provider config is the provider's
+    to fix, so the MTA should keep the message and retry (EX_TEMPFAIL)."""
+    from policy_host.cli.reports import EX_TEMPFAIL, reads_stdin
+
+    if args.command == "reports" and reads_stdin(args.args):
+        return EX_TEMPFAIL
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -6,18 +6,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from policy_host.certs.nginxconf import (
-    has_certificate,
-    hosted_domains,
-    policy_host_name,
-    render_conf,
-    report,
-    sync,
-)
 from policy_host.read.config import ProviderConfig
 
 
 def cmd_nginx_conf(args: argparse.Namespace, config: ProviderConfig) -> int:
+    # Imported here: other commands start without it.
+    from policy_host.certs.nginxconf import (
+        has_certificate,
+        hosted_domains,
+        policy_host_name,
+        render_conf,
+        report,
+        sync,
+    )
+
     if args.print:
         hosts = [
             policy_host_name(d)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TextIO
+
+from policy_host.errors import Problem
 
 # Exit status of every command (README, "Exit status").
 EXIT_OK = 0
@@ -46,3 +49,8 @@ class Progress:
         if self.enabled:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def print_problems(problems: Sequence[Problem], out: TextIO) -> None:
+    for problem in problems:
+        print(problem, file=out)

@@ -83,6 +83,11 @@ def cmd_reports(args: argparse.Namespace, config: ProviderConfig) -> int:
 # -- ingest ------------------------------------------------------------------
 
 
+def reads_stdin(words: list[str]) -> bool:
+    """Is this `reports ingest` with ``-`` or no path (an MTA's pipe)?"""
+    return bool(words) and words[0] == "ingest" and words[1:] in ([], ["-"])
+
+
 def cmd_ingest(paths: list[Path], config: ProviderConfig) -> int:
     if not paths or paths == [Path("-")]:
         return _ingest_pipe(config)

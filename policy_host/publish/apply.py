@@ -31,6 +31,7 @@ from policy_host.fileio import LockHeld, locked
 from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
+from policy_host.publish.tlsrpt import TlsrptChange, plan_tlsrpt
 from policy_host.publish.update import (
     PublishError,
     TxtChange,
@@ -44,7 +45,14 @@ from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
 from policy_host.serve.compiler import changed_hosts
 from policy_host.serve.snapshot import merge, served_policies
-from policy_host.state import PUBLISHED, SERVED, Store, fallback_policies, read_records
+from policy_host.state import (
+    PUBLISHED,
+    SERVED,
+    Store,
+    fallback_policies,
+    hosted_tlsrpt,
+    read_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,9 @@ PUBLISH = "publish"
 CONFIRM = "confirm"
 COMMIT = "commit"
 UNSERVE = "unserve"
-STEPS = (VALIDATE, PLAN, RECORD, RELOAD, VERIFY, PUBLISH, CONFIRM, COMMIT, UNSERVE)
+# Hosted TLS-RPT records (``tlsrpt``), after the ids.
+TLSRPT = "tlsrpt"
+STEPS = (VALIDATE, PLAN, RECORD, RELOAD, VERIFY, PUBLISH, CONFIRM, COMMIT, UNSERVE, TLSRPT)
 
 # TXT changes per UPDATE message: well inside the 64 KiB DNS message limit.
 BATCH_SIZE = 200
@@ -92,6 +102,7 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     # Empty until the run got as far as planning.
     plan: Plan = field(default_factory=lambda: Plan(now=0.0))
+    tlsrpt: tuple[TlsrptChange, ...] = ()
     zone: str | None = None
     updates: list[str] = field(default_factory=list)
     reload: bool = False
@@ -112,6 +123,7 @@ class Report:
             "changes": [c.as_dict() for c in plan.changes],
             "unchanged": len(plan.unchanged),
             "withdrawing": [w.as_dict() for w in plan.withdrawing],
+            "tlsrpt": [c.as_dict() for c in self.tlsrpt],
             "notes": [*plan.notes, *self.notes],
             "zone": self.zone,
             "dns_updates": self.updates,
@@ -188,6 +200,8 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
         withdrawal_max_age=config.apply.withdrawal_max_age,
     )
     report.plan = plan
+    report.tlsrpt = plan_tlsrpt(config, result.tenants, hosted_tlsrpt(config.state_db))
+    _dry_run_tlsrpt(config, env, report)
     # What the compile would serve once the changes are recorded (no
     # compile runs: nothing may change).
     from_state = dict(fallback_policies(config.state_db))
@@ -213,14 +227,62 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
         report.updates.append(update_text(update, env.dns.server, env.dns.key))
 
 
+def _dry_run_tlsrpt(config: ProviderConfig, env: Environment, report: Report) -> None:
+    if not report.tlsrpt:
+        return
+    if env.dns is None:
+        report.manual_dns = True
+        return
+    assert config.tlsrpt.zone is not None  # (planned only with a zone)
+    try:
+        zone = env.dns.zone_for(config.tlsrpt.zone + ".")
+    except PublishError as exc:
+        zone = config.tlsrpt.zone + "."
+        report.notes.append(f"the zone was not looked up ({exc}); assuming {zone}")
+    for start in range(0, len(report.tlsrpt), BATCH_SIZE):
+        batch = [c.txt for c in report.tlsrpt[start : start + BATCH_SIZE]]
+        update = build_update(zone, batch, config.dns.txt_ttl, env.dns.key)
+        report.updates.append(update_text(update, env.dns.server, env.dns.key))
+
+
 def _run(config: ProviderConfig, env: Environment, report: Report) -> None:
     result = _validated(config, report)
     _done(env, report, VALIDATE)
     store = Store(config.state_db)
     try:
         _execute(config, env, report, result, store)
+        _publish_tlsrpt(config, env, report, result, store)
     finally:
         store.close()
+
+
+def _publish_tlsrpt(
+    config: ProviderConfig, env: Environment, report: Report, result: LoadResult, store: Store
+) -> None:
+    """Set or delete the hosted TLS-RPT records (``publish.tlsrpt``) by the
+    same TSIG-signed UPDATE path as the ids, confirm them at the primary,
+    record them."""
+    changes = plan_tlsrpt(config, result.tenants, store.tlsrpt_values())
+    report.tlsrpt = changes
+    if not changes:
+        return
+    domains = [c.domain for c in changes]
+    if env.dns is None:
+        report.manual_dns = True
+    else:
+        assert config.tlsrpt.zone is not None  # (planned only with a zone)
+        try:
+            zone = env.dns.zone_for(config.tlsrpt.zone + ".")
+            for start in range(0, len(changes), BATCH_SIZE):
+                batch = [c.txt for c in changes[start : start + BATCH_SIZE]]
+                update = build_update(zone, batch, config.dns.txt_ttl, env.dns.key)
+                report.updates.append(update_text(update, env.dns.server, env.dns.key))
+                env.dns.send(update)
+        except PublishError as exc:
+            raise ApplyError(TLSRPT, domains, str(exc)) from None
+        _confirm(config, env, {c.name: (c.domain, c.value) for c in changes}, TLSRPT)
+    store.set_tlsrpt({c.domain: c.value for c in changes})
+    _done(env, report, TLSRPT)
 
 
 def _done(env: Environment, report: Report, step: str) -> None:
@@ -294,7 +356,7 @@ def _execute(
                 raise ApplyError(PUBLISH, [c.domain for c in batch], str(exc)) from None
         store.mark(domains, PUBLISHED, env.clock())
         _done(env, report, PUBLISH)
-        _confirm(config, env, changes)
+        _confirm(config, env, {record_name(config, c.domain): (c.domain, c.txt) for c in changes})
         _done(env, report, CONFIRM)
     store.commit(domains, env.clock(), confirmed=env.dns is not None)
     _done(env, report, COMMIT)
@@ -356,34 +418,40 @@ def _verify(config: ProviderConfig, env: Environment, want: Mapping[str, bytes |
         env.sleep(POLL_INTERVAL)
 
 
-def _confirm(config: ProviderConfig, env: Environment, changes: Sequence[Change]) -> None:
-    """Read every changed TXT back from the primary until it shows the change."""
+def _confirm(
+    config: ProviderConfig,
+    env: Environment,
+    wanted: Mapping[str, tuple[str, bytes | None]],
+    step: str = CONFIRM,
+) -> None:
+    """Read every changed TXT back from the primary until it shows the change
+    (``wanted``: name -> (domain, value, None for deleted))."""
     assert env.dns is not None
-    todo = {record_name(config, c.domain): c for c in changes}
+    todo = dict(wanted)
     total = len(todo)
     last: dict[str, str] = {}
     deadline = time.monotonic() + config.dns.timeout
     while True:
-        for name, change in list(todo.items()):
+        for name, (_, value) in list(todo.items()):
             try:
                 values = env.dns.txt(name)
             except PublishError as exc:
                 last[name] = str(exc)
                 continue
-            if shows(values, change.txt):
+            if shows(values, value):
                 del todo[name]
             else:
                 seen = b" | ".join(values).decode("ascii", "replace") or "no TXT record"
                 last[name] = f"the primary answers {seen!r} for {name}"
-        env.progress(CONFIRM, total - len(todo), total)
+        env.progress(step, total - len(todo), total)
         if not todo:
             return
         if time.monotonic() >= deadline:
-            name, change = next(iter(todo.items()))
-            wanted = repr(change.txt.decode("ascii")) if change.txt else "no TXT record"
+            name, (_, value) = next(iter(todo.items()))
+            expected = repr(value.decode("ascii")) if value else "no TXT record"
             raise ApplyError(
-                CONFIRM,
-                sorted(c.domain for c in todo.values()),
-                f"{last.get(name, 'no answer')}; expected {wanted}",
+                step,
+                sorted(domain for domain, _ in todo.values()),
+                f"{last.get(name, 'no answer')}; expected {expected}",
             )
         env.sleep(POLL_INTERVAL)

@@ -151,6 +151,12 @@ class TlsrptSettings:
     min_sessions: int = DEFAULT_MIN_SESSIONS
 
     @property
+    def hosted(self) -> bool:
+        """Does `apply` publish hosted _smtp._tls records (a zone for them
+        and our rua to put in them)?"""
+        return self.zone is not None and bool(self.rua)
+
+    @property
     def https_paths(self) -> tuple[str, ...]:
         """The URL paths of the https: destinations (the POST route)."""
         import urllib.parse
@@ -219,6 +225,12 @@ class ProviderConfig:
     def id_record_target(self, domain: str) -> str:
         """Where ``_mta-sts.<domain>`` points: the TXT name the provider owns."""
         return f"{domain}.{self.id_zone}"
+
+    def tlsrpt_record_target(self, domain: str) -> str | None:
+        """Where a customer's ``_smtp._tls.<domain>`` CNAME points when we
+        host its TLS-RPT record; None without ``tlsrpt.zone``."""
+        zone = self.tlsrpt.zone
+        return f"{domain}.{zone}" if zone is not None else None
 
 
 def config_path(explicit: str | None) -> Path:

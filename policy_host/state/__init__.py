@@ -28,8 +28,10 @@ from __future__ import annotations
 from policy_host.state.read import (
     fallback_policies,
     history,
+    hosted_tlsrpt,
     published_ids,
     read_records,
+    served_versions,
 )
 from policy_host.state.rows import (
     ACTIVE,
@@ -52,6 +54,7 @@ from policy_host.state.rows import (
     HistoryEntry,
     Pending,
     Record,
+    ServedVersion,
     StateError,
     new_policy_id,
 )
@@ -80,11 +83,14 @@ __all__ = [
     "HistoryEntry",
     "Pending",
     "Record",
+    "ServedVersion",
     "StateError",
     "Store",
     "fallback_policies",
     "history",
+    "hosted_tlsrpt",
     "new_policy_id",
     "published_ids",
     "read_records",
+    "served_versions",
 ]

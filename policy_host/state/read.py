@@ -13,9 +13,13 @@ from typing import Protocol
 from policy_host.state.rows import (
     ACTIVE,
     BUSY_TIMEOUT,
+    SERVED_FROM_HISTORY,
+    SERVED_SINCE,
+    TLSRPT_SINCE,
     WITHDRAWING,
     HistoryEntry,
     Record,
+    ServedVersion,
     StateError,
     records_of,
     user_version,
@@ -109,6 +113,39 @@ def fallback_policies(path: Path) -> dict[str, bytes]:
             (ACTIVE, WITHDRAWING),
         ).fetchall()
     return {str(domain): bytes(body) for domain, body in rows if body is not None}
+
+
+def hosted_tlsrpt(path: Path) -> dict[str, bytes]:
+    """Domain -> the hosted ``_smtp._tls`` TXT value `apply` published
+    (``<domain>.<tlsrpt.zone>``); ``{}`` when there is none yet."""
+    with _read_only(path) as conn:
+        if conn is None or user_version(conn, path) < TLSRPT_SINCE:
+            return {}
+        rows = conn.execute(
+            "SELECT domain, tlsrpt FROM tenant WHERE tlsrpt IS NOT NULL ORDER BY domain"
+        ).fetchall()
+    return {str(domain): bytes(value) for domain, value in rows}
+
+
+def served_versions(path: Path) -> list[ServedVersion]:
+    """Every policy version served per domain, with its id, max_age, and
+    when it was first served, last committed and replaced (by domain, oldest
+    first); ``[]`` when
+    there is no state. A state `apply` has not migrated yet is read from
+    its history (as the migration would fill the table)."""
+    with _read_only(path) as conn:
+        if conn is None:
+            return []
+        if user_version(conn, path) >= SERVED_SINCE:
+            query = (
+                "SELECT domain, fingerprint, policy_id, max_age, first_served, "
+                "last_committed, replaced_at FROM served"
+            )
+        else:
+            query = SERVED_FROM_HISTORY
+        rows = conn.execute(query).fetchall()
+    versions = [ServedVersion(*row) for row in rows]
+    return sorted(versions, key=lambda v: (v.domain, v.first_served))
 
 
 def history(path: Path, domain: str | None = None) -> list[HistoryEntry]:

@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from policy_host.errors import PolicyHostError
+from policy_host.model import MAX_AGE_LIMIT
 from policy_host.records import is_policy_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
+# The schema version that added the hosted TLS-RPT column.
+TLSRPT_SINCE = 2
+# The schema version that added the served-versions table.
+SERVED_SINCE = 3
+# Seconds a replaced version's row is kept: the longest max_age a policy
+# may have (RFC 8461 section 3.2), so a report made against it within its
+# max_age is still tied to its id, and a later one is known as stale.
+SERVED_KEEP = MAX_AGE_LIMIT
 # History rows kept per tenant (the newest ones).
 HISTORY_KEEP = 20
 # Seconds a reader or writer waits for another's transaction to finish.
@@ -81,6 +90,56 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_domain ON history (domain, seq)",
 )
 
+# The served versions a state without the served table knows of, from the
+# history `apply` kept (the newest HISTORY_KEEP events per tenant): the
+# migration fills the table with it, and readers of an older state use it.
+SERVED_FROM_HISTORY = """
+WITH ev AS (
+    SELECT domain, at, event, policy_id, fingerprint, max_age FROM history
+),
+versions AS (
+    SELECT domain, fingerprint, MIN(at) AS first_at,
+           MAX(CASE WHEN event LIKE 'commit %' THEN at END) AS committed_at
+    FROM ev WHERE policy_id IS NOT NULL AND fingerprint IS NOT NULL
+    GROUP BY domain, fingerprint
+)
+SELECT v.domain, v.fingerprint,
+    (SELECT e.policy_id FROM ev e WHERE e.domain = v.domain AND e.fingerprint = v.fingerprint
+     AND e.policy_id IS NOT NULL ORDER BY e.at DESC LIMIT 1),
+    (SELECT COALESCE(e.max_age, 0) FROM ev e WHERE e.domain = v.domain
+     AND e.fingerprint = v.fingerprint AND e.policy_id IS NOT NULL ORDER BY e.at DESC LIMIT 1),
+    v.first_at, v.committed_at,
+    (SELECT MIN(e.at) FROM ev e WHERE e.domain = v.domain AND e.event LIKE 'commit %'
+     AND e.at >= COALESCE(v.committed_at, v.first_at)
+     AND (e.fingerprint IS NOT v.fingerprint OR e.event = 'commit delete'))
+FROM versions v
+"""
+
+# Statements that bring a database of version N-1 to N, by N; version 1 is
+# ``SCHEMA``. A new database is made by SCHEMA and then every migration.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # The hosted _smtp._tls TXT value `apply` published for the tenant
+    # (RFC 8460 section 3), NULL when none is.
+    TLSRPT_SINCE: ("ALTER TABLE tenant ADD COLUMN tlsrpt BLOB",),
+    SERVED_SINCE: (
+        # Every policy version served, by domain and fingerprint (the
+        # SHA-256 of the bytes): its id and max_age, when it was first
+        # served, last committed and replaced (NULL while it is current).
+        """CREATE TABLE served (
+    domain TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    max_age INTEGER NOT NULL,
+    first_served REAL NOT NULL,
+    last_committed REAL,
+    replaced_at REAL,
+    PRIMARY KEY (domain, fingerprint)
+) WITHOUT ROWID""",
+        "INSERT INTO served (domain, fingerprint, policy_id, max_age, first_served, "
+        "last_committed, replaced_at) " + SERVED_FROM_HISTORY,
+    ),
+}
+
 
 class StateError(PolicyHostError):
     """The state database cannot be read or written."""
@@ -141,6 +200,19 @@ class Record:
         if self.status != WITHDRAWING or self.withdrawal_started is None:
             return None
         return self.withdrawal_started + self.longest_max_age
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One policy version served for ``domain`` (the ``served`` table)."""
+
+    domain: str
+    fingerprint: str
+    policy_id: str
+    max_age: int
+    first_served: float
+    last_committed: float | None  # None: served, never committed
+    replaced_at: float | None  # None: still current
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from policy_host.state.rows import (
     DELETE,
     GONE,
     HISTORY_KEEP,
+    MIGRATIONS,
     NEW,
     PUBLISHED,
     RECORDED,
     SCHEMA,
     SCHEMA_VERSION,
     SERVED,
+    SERVED_KEEP,
     STEPS,
     UNPUBLISHED,
     WITHDRAW,
@@ -45,13 +47,22 @@ class Store:
             self._conn.execute("PRAGMA journal_mode=DELETE")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._transaction():
-                if user_version(self._conn, path) == 0:
-                    # One statement at a time: executescript() would commit.
-                    for statement in SCHEMA:
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._migrate(user_version(self._conn, path))
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the apply state: {exc}") from exc
+
+    def _migrate(self, version: int) -> None:
+        """Bring the schema from ``version`` to ``SCHEMA_VERSION`` (inside
+        the opening transaction: all of it or nothing)."""
+        if version == SCHEMA_VERSION:
+            return
+        # One statement at a time: executescript() would commit.
+        statements = list(SCHEMA) if version == 0 else []
+        for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            statements.extend(MIGRATIONS[step])
+        for statement in statements:
+            self._conn.execute(statement)
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
@@ -86,6 +97,24 @@ class Store:
             return records_of(self._conn)
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
+
+    def tlsrpt_values(self) -> dict[str, bytes]:
+        """Domain -> the hosted TLS-RPT value published for it."""
+        try:
+            rows = self._conn.execute(
+                "SELECT domain, tlsrpt FROM tenant WHERE tlsrpt IS NOT NULL"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
+        return {str(domain): bytes(value) for domain, value in rows}
+
+    def set_tlsrpt(self, values: Mapping[str, bytes | None]) -> None:
+        """Record the hosted TLS-RPT values published (None: deleted)."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE tenant SET tlsrpt = ? WHERE domain = ?",
+                [(value, domain) for domain, value in values.items()],
+            )
 
     def begin(self, changes: Mapping[str, Pending], now: float) -> None:
         """Record pending changes (replacing earlier pending ones)."""
@@ -130,6 +159,8 @@ class Store:
         column = {SERVED: "pending_served_at", PUBLISHED: "pending_published_at"}.get(step)
         with self._transaction() as conn:
             for domain in domains:
+                if step == SERVED:
+                    _served_version(conn, domain, now, committed=False)
                 extra = f", {column} = ?" if column else ""
                 args: tuple[object, ...] = (step, now, domain) if column else (step, domain)
                 conn.execute(
@@ -150,6 +181,7 @@ class Store:
                 pending = record.pending if record else None
                 if record is None or pending is None:
                     continue
+                _served_version(conn, domain, now, committed=True)
                 confirmed_at = now if confirmed else None
                 published_at = (pending.published_at or now) if confirmed else None
                 served_at = pending.served_at or now
@@ -197,6 +229,10 @@ class Store:
                     (domain,),
                 )
                 _add_history(conn, domain, now, f"commit {pending.kind}", pending)
+            conn.execute(
+                "DELETE FROM served WHERE replaced_at IS NOT NULL AND replaced_at < ?",
+                (now - SERVED_KEEP,),
+            )
 
 
 def _add_history(
@@ -212,3 +248,34 @@ def _add_history(
         "(SELECT seq FROM history WHERE domain = ? ORDER BY seq DESC LIMIT ?)",
         (domain, domain, HISTORY_KEEP),
     )
+
+
+def _served_version(conn: sqlite3.Connection, domain: str, now: float, *, committed: bool) -> None:
+    """Keep the ``served`` table (``state.served_versions``) in step with a
+    pending change being served (``committed`` False) or committed: the
+    version's row, and, once committed, every other version of the domain
+    marked replaced. A deletion replaces the last one and adds none."""
+    row = conn.execute(
+        "SELECT pending_kind, pending_id, pending_fingerprint, pending_max_age, "
+        "COALESCE(pending_served_at, ?) FROM tenant WHERE domain = ? "
+        "AND pending_kind IS NOT NULL",
+        (now, domain),
+    ).fetchone()
+    if row is None:
+        return
+    kind, policy_id, fp, max_age, served_at = row
+    if kind != DELETE:
+        conn.execute(
+            "INSERT INTO served (domain, fingerprint, policy_id, max_age, first_served, "
+            "last_committed, replaced_at) VALUES (?, ?, ?, ?, ?, ?, NULL) "
+            "ON CONFLICT (domain, fingerprint) DO UPDATE SET policy_id = excluded.policy_id, "
+            "max_age = excluded.max_age, replaced_at = NULL, "
+            "last_committed = COALESCE(excluded.last_committed, last_committed)",
+            (domain, fp, policy_id, max_age, served_at, now if committed else None),
+        )
+    if committed:
+        conn.execute(
+            "UPDATE served SET replaced_at = ? WHERE domain = ? AND replaced_at IS NULL "
+            "AND (fingerprint != ? OR ?)",
+            (now, domain, fp, kind == DELETE),
+        )

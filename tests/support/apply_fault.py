@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from policy_host.cli import apply as apply_cli
 from policy_host.cli.main import main
+from policy_host.publish import environment as environment_module
 from policy_host.publish.environment import Environment
 from policy_host.read.config import ProviderConfig
 
@@ -44,8 +44,9 @@ def fault(action: str, argument: str) -> Callable[[], None]:
 
 def run(step: str, action: str, argument: str, argv: list[str]) -> int:
     inject = fault(action, argument)
-    # The name the command line calls (imported into apply_cli from apply).
-    namespace = vars(apply_cli)
+    # The name the command line calls (`apply`'s handler imports it from
+    # its module when it runs).
+    namespace = vars(environment_module)
     real: Callable[[ProviderConfig], Environment] = namespace["real_environment"]
 
     def environment(config: ProviderConfig) -> Environment:
