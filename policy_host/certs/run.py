@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -85,6 +86,16 @@ def certbot_command(config: ProviderConfig, host: str) -> list[str]:
     else:
         argv.append("--register-unsafely-without-email")
     return argv
+
+
+def certbot_environment(config: ProviderConfig) -> dict[str, str] | None:
+    """certbot's environment: ours, plus ``REQUESTS_CA_BUNDLE`` (the CA
+    bundle certbot's HTTP library trusts for the ACME server's own HTTPS)
+    when ``acme.ca_bundle`` is set; None: ours unchanged."""
+    bundle = config.acme.ca_bundle
+    if bundle is None:
+        return None
+    return {**os.environ, "REQUESTS_CA_BUNDLE": str(bundle)}
 
 
 def certbot_delete_command(config: ProviderConfig, host: str) -> list[str]:
@@ -160,10 +171,16 @@ class CertsRun:
             argv = certbot_command(self.config, host)
             ordered += 1
             if self.dry_run:
-                outcomes.append(Outcome(host, "would-order", shlex.join(argv)))
+                outcomes.append(Outcome(host, "would-order", self._shown(argv)))
             else:
                 outcomes.append(self._order(host, argv, attempts))
         return outcomes
+
+    def _shown(self, argv: list[str]) -> str:
+        """``argv`` as a shell would run it, with certbot's CA setting."""
+        bundle = self.config.acme.ca_bundle
+        prefix = f"REQUESTS_CA_BUNDLE={shlex.quote(str(bundle))} " if bundle else ""
+        return prefix + shlex.join(argv)
 
     def _before_order(self, host: str, attempts: AttemptLog, ordered: int) -> Outcome | None:
         """What stops an order for ``host`` now (steps 1-5), or None."""
@@ -205,7 +222,7 @@ class CertsRun:
         attempts.ordering(host, started)
         self.config.acme.webroot.mkdir(parents=True, exist_ok=True)
         log.info("ordering a certificate for %s", host)
-        result = self.runner(argv, timeout=CERTBOT_TIMEOUT)
+        result = self.runner(argv, timeout=CERTBOT_TIMEOUT, env=certbot_environment(self.config))
         if result.ok:
             have = self.valid(host, self.clock())
             if have is not None:
@@ -230,9 +247,11 @@ class CertsRun:
                 continue
             argv = certbot_delete_command(self.config, host)
             if self.dry_run:
-                outcomes.append(Outcome(host, "would-delete", shlex.join(argv)))
+                outcomes.append(Outcome(host, "would-delete", self._shown(argv)))
                 continue
-            result = self.runner(argv, timeout=CERTBOT_TIMEOUT)
+            result = self.runner(
+                argv, timeout=CERTBOT_TIMEOUT, env=certbot_environment(self.config)
+            )
             if result.ok:
                 outcomes.append(Outcome(host, "removed", "no longer hosted; certificate deleted"))
             else:
