@@ -38,7 +38,12 @@ from typing import TextIO
 
 from policy_host.certs.account import account_uris
 from policy_host.certs.attempts import HOUR, AttemptLog, attempt_log
-from policy_host.certs.certificate import CertsError, certificates_on_disk, read_certificate
+from policy_host.certs.certificate import (
+    CertsError,
+    certificates_on_disk,
+    certs_db,
+    valid_certificate,
+)
 from policy_host.certs.nginxconf import hosted_domains, policy_host_name, report, sync
 from policy_host.certs.precheck import make_lookup, order_problem
 from policy_host.check.dnsclient import Lookup
@@ -147,11 +152,13 @@ class CertsRun:
 
     @property
     def db_path(self) -> Path:
-        return self.config.state_dir / "certs.sqlite3"
+        return certs_db(self.config)
 
-    def valid(self, host: str, now: float) -> Outcome | None:
-        cert = read_certificate(self.config, host)
-        if cert is None or host not in cert.names or cert.not_after <= now:
+    def valid(self, host: str, now: float, attempts: AttemptLog) -> Outcome | None:
+        cert = valid_certificate(self.config, host, now)
+        if not self.dry_run:
+            attempts.certificate(host, cert.not_after if cert is not None else None)
+        if cert is None:
             return None
         days = int((cert.not_after - now) // 86_400)
         note = ""
@@ -186,7 +193,7 @@ class CertsRun:
         """What stops an order for ``host`` now (steps 1-5), or None."""
         acme = self.config.acme
         now = self.clock()
-        have = self.valid(host, now)
+        have = self.valid(host, now, attempts)
         if have is not None:
             return have
         last = attempts.last(host)
@@ -224,7 +231,7 @@ class CertsRun:
         log.info("ordering a certificate for %s", host)
         result = self.runner(argv, timeout=CERTBOT_TIMEOUT, env=certbot_environment(self.config))
         if result.ok:
-            have = self.valid(host, self.clock())
+            have = self.valid(host, self.clock(), attempts)
             if have is not None:
                 attempts.record(host, started, True, "ok")
                 return Outcome(host, "ordered", have.detail)

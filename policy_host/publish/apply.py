@@ -6,6 +6,8 @@ policy at once and caches it under that id, so a new policy must be served
 
 1. validate every tenant (any error: stop, nothing changed);
 2. plan (pure, ``plan``): new, changed and removed tenants, each with a new id;
+   a new tenant whose name has no valid certificate yet (with an ``acme``
+   section) is served but held back: its first id waits for `certs`;
 3. record the pending changes in the state, reload the server (the compile
    says what it changed) and verify that every upstream serves exactly
    those bytes, and those of every planned change;
@@ -23,7 +25,7 @@ import http.client
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError, Problem
@@ -44,7 +46,14 @@ from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
 from policy_host.serve.compiler import changed_hosts
 from policy_host.serve.snapshot import merge, served_policies
-from policy_host.state import PUBLISHED, SERVED, Store, fallback_policies, read_records
+from policy_host.state import (
+    NEW,
+    PUBLISHED,
+    SERVED,
+    Store,
+    fallback_policies,
+    read_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +107,8 @@ class Report:
     manual_dns: bool = False
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # New tenants served but not published: no valid certificate yet.
+    held: list[str] = field(default_factory=list)
     failure: ApplyError | None = None
 
     @property
@@ -118,6 +129,7 @@ class Report:
             "reload": self.reload,
             "manual_dns": self.manual_dns,
             "steps_done": self.steps,
+            "waiting_for_certificate": self.held,
             "problems": [p.as_dict() for p in self.problems],
             "failure": self.failure.as_dict() if self.failure else None,
         }
@@ -169,6 +181,36 @@ def _validated(config: ProviderConfig, report: Report) -> LoadResult:
     return result
 
 
+def _hold_uncertified(env: Environment, plan: Plan, report: Report) -> Plan:
+    """The plan without the new tenants whose name has no valid certificate.
+
+    RFC 8461 section 8: a policy is served, then its id published; a
+    sender that sees the id fetches at once over HTTPS, and without a
+    certificate for mta-sts.<domain> that fetch fails. Such a tenant is
+    still served (the compile serves every valid tenant file, and verify
+    checks it) but nothing is recorded for it, so the first run after
+    `certs` publishes it. Changes to published tenants are never held,
+    nor a new one an interrupted run left (its id may be in DNS already).
+    """
+    if env.certified is None:
+        return plan
+    certified = env.certified
+    held = []
+    for change in plan.changes:
+        if change.kind != NEW or change.resumed:
+            continue
+        try:
+            if not certified(change.domain):
+                held.append(change.domain)
+        except PolicyHostError as exc:
+            raise ApplyError(PLAN, [change.domain], str(exc)) from None
+    if not held:
+        return plan
+    report.held = held
+    waiting = set(held)
+    return replace(plan, changes=tuple(c for c in plan.changes if c.domain not in waiting))
+
+
 def _batches(changes: Sequence[Change]) -> Iterator[Sequence[Change]]:
     for start in range(0, len(changes), BATCH_SIZE):
         yield changes[start : start + BATCH_SIZE]
@@ -187,6 +229,7 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
         now,
         withdrawal_max_age=config.apply.withdrawal_max_age,
     )
+    plan = _hold_uncertified(env, plan, report)
     report.plan = plan
     # What the compile would serve once the changes are recorded (no
     # compile runs: nothing may change).
@@ -240,6 +283,7 @@ def _execute(
         plan = make_plan(
             result, store.records(), now, withdrawal_max_age=config.apply.withdrawal_max_age
         )
+    plan = _hold_uncertified(env, plan, report)
     report.plan = plan
     changes = list(plan.changes)
     domains = [c.domain for c in changes]

@@ -38,6 +38,8 @@ Fetcher = Callable[[str, str], tuple[int, bytes]]
 Hook = Callable[[str], None]
 # (step, done, total): progress of long steps.
 Progress = Callable[[str, int, int], None]
+# domain -> whether mta-sts.<domain> has a valid certificate now.
+Certified = Callable[[str], bool]
 
 
 class UpdateClient(Protocol):
@@ -80,6 +82,10 @@ class Environment:
     # One fetch that gets them proves only that *its* worker has them, so
     # nothing is published before this much time has passed as well.
     settle: float = 0.0
+    # None: publish new tenants at once (no `acme` section: the provider
+    # brings its certificates its own way); otherwise a new tenant's first
+    # id waits until this says its name has a certificate.
+    certified: Certified | None = None
 
 
 def settle_time(watch_interval: float) -> float:
@@ -132,5 +138,21 @@ def real_environment(config: ProviderConfig) -> Environment:
         )
 
     return Environment(
-        reload=reload, fetch=fetch, dns=dns_client, settle=settle_time(WATCH_INTERVAL)
+        reload=reload,
+        fetch=fetch,
+        dns=dns_client,
+        settle=settle_time(WATCH_INTERVAL),
+        certified=certificate_check(config) if config.acme.configured else None,
     )
+
+
+def certificate_check(config: ProviderConfig, clock: Clock = time.time) -> Certified:
+    """Whether a domain's policy name has a valid certificate (``certs``
+    keeps them; read as ``certs`` judges them)."""
+    from policy_host.certs.certificate import has_valid_certificate
+    from policy_host.model import POLICY_HOST_PREFIX
+
+    def certified(domain: str) -> bool:
+        return has_valid_certificate(config, POLICY_HOST_PREFIX + domain, clock())
+
+    return certified
