@@ -10,7 +10,8 @@ policy at once and caches it under that id, so a new policy must be served
    section) is served but held back: its first id waits for `certs`;
 3. record the pending changes in the state, reload the server (the compile
    says what it changed) and verify that every upstream serves exactly
-   those bytes, and those of every planned change;
+   those bytes, and those of every planned change, and that every worker
+   of the app behind them holds the snapshot just written;
 4. publish: one TSIG-signed RFC 2136 UPDATE per batch to the primary;
 5. confirm by reading the TXT records back from the primary; commit.
 
@@ -41,6 +42,7 @@ from policy_host.publish.update import (
     shows,
     update_text,
 )
+from policy_host.publish.workers import WorkerTally
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
@@ -74,6 +76,8 @@ BATCH_SIZE = 200
 # Seconds between verification rounds.
 POLL_INTERVAL = 0.1
 LOCK_NAME = "apply.lock"
+# Requests per worker in each round of asking the app's workers.
+ASKS_PER_WORKER = 3
 
 
 class ApplyError(PolicyHostError):
@@ -315,6 +319,7 @@ def _execute(
         reloaded = time.monotonic()
         _done(env, report, RELOAD)
         _verify(config, env, {**changed, **serves})
+        _verify_workers(config, env, sorted({*changed, *serves}))
         settled = reloaded + env.settle - time.monotonic()
         if settled > 0:
             env.sleep(settled)
@@ -396,6 +401,44 @@ def _verify(config: ProviderConfig, env: Environment, want: Mapping[str, bytes |
                 VERIFY,
                 failed,
                 f"{reason} after {config.apply.verify_timeout:g} s; nothing was published",
+            )
+        env.sleep(POLL_INTERVAL)
+
+
+def _verify_workers(config: ProviderConfig, env: Environment, domains: list[str]) -> None:
+    """Ask the app's workers directly until every one holds the snapshot
+    the reload wrote (``publish.workers``): nginx serves the policy files by
+    itself, so the upstreams say nothing of a worker that could not load
+    it, and a sender whose request nginx passes on may reach that worker."""
+    if env.workers is None:
+        return
+    want = env.workers.want()
+    if want is None:
+        return
+    tally = WorkerTally(want)
+    deadline = time.monotonic() + config.apply.verify_timeout
+    problem: str | None = "no worker answered"
+    while True:
+        # A new connection per request: any worker may take it, so a few
+        # per worker reach each of them.
+        known = max((s.workers for s in tally.latest.values()), default=config.serve.workers)
+        for _ in range(ASKS_PER_WORKER * max(known, 1)):
+            try:
+                state = env.workers.ask()
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"the app at {config.serve.bind}: {exc}"
+                continue
+            if state is not None:
+                tally.add(state)
+        problem = tally.problem() if tally.latest else problem
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            raise ApplyError(
+                VERIFY,
+                domains,
+                f"the app behind the upstreams ({config.serve.bind}): {problem} after "
+                f"{config.apply.verify_timeout:g} s; nothing was published",
             )
         env.sleep(POLL_INTERVAL)
 
