@@ -240,3 +240,33 @@ def fetch_from(
         return response.status, response.read(MAX_POLICY_BYTES + 1)
     finally:
         sock.close()
+
+
+def fetch_app(bind: str, path: str, host: str, *, timeout: float) -> tuple[int, bytes]:
+    """One plain-HTTP ``GET path`` from the app's own listener ``bind``
+    (``HOST:PORT`` or ``unix:PATH``, as ``serve.bind``), with ``Host: host``
+    and ``Connection: close`` (each request a new connection, so any worker
+    may take it): (HTTP status, body, at most 64 KiB and one byte).
+    Raises ``OSError`` or ``http.client.HTTPException``."""
+    sock: socket.socket
+    if bind.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(bind.removeprefix("unix:"))
+        except OSError:
+            sock.close()
+            raise
+        address, port = "localhost", HTTP_PORT
+    else:
+        address, _, number = bind.rpartition(":")
+        address, port = address.strip("[]"), int(number)
+        sock = socket.create_connection((address, port), timeout=timeout)
+    try:
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+        conn.sock = sock
+        conn.request("GET", path, headers={"Host": host, "Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read(MAX_POLICY_BYTES + 1)
+    finally:
+        sock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,8 @@ from support.dnsservers import DnsWorld, Zone
 from support.procs import require_binary
 from support.tls import TestCA, make_ca
 
-from policy_host.certs.attempts import AttemptLog
+from policy_host.certs.attempts import AttemptLog, recorded_until
+from policy_host.certs.certificate import certs_db
 from policy_host.certs.precheck import caa_problem, host_problem
 from policy_host.certs.run import certbot_command, run_certs
 from policy_host.check.dnsclient import DnsClient
@@ -117,6 +119,8 @@ class Certbot:
         self.ca = ca
         self.config_dir = config_dir
         self.calls: list[list[str]] = []
+        # The environment each certbot run got (None: the caller's own).
+        self.envs: list[Mapping[str, str] | None] = []
         self.fail: set[str] = set()
 
     def __call__(
@@ -131,6 +135,7 @@ class Certbot:
         self.calls.append(list(argv))
         if argv[0] != "certbot":
             return Result(tuple(argv), 0, "")  # nginx -t, reload
+        self.envs.append(env)
         host = argv[argv.index("--cert-name") + 1]
         if argv[1] == "delete":
             return Result(tuple(argv), 0, "deleted")
@@ -283,6 +288,33 @@ def test_dry_run_prints_certbot_commands_and_changes_nothing(
     assert certbot.calls == []
     assert not config.state_dir.exists()
     assert not config.nginx.tenants_conf.exists()
+
+
+def test_acme_ca_bundle_reaches_certbot_as_requests_ca_bundle(
+    provider: Callable[..., ProviderConfig], certbot: Certbot, dns_world: DnsWorld
+) -> None:
+    config = provider(["good.example"], "  ca_bundle: acme-ca.pem")
+    bundle = config.path.parent / "acme-ca.pem"
+    status, out = certs(config, certbot, Clock(), dns_world, "--dry-run")
+    assert status == 0
+    assert f"would-order: REQUESTS_CA_BUNDLE={bundle} certbot certonly" in out
+    status, out = certs(config, certbot, Clock(), dns_world)
+    assert status == 0, out
+    assert certbot.orders() == ["mta-sts.good.example"]
+    [env] = certbot.envs
+    # What apply reads when it cannot read certbot's files itself.
+    assert (recorded_until(certs_db(config), "mta-sts.good.example") or 0) > time.time()
+    assert env is not None and env["REQUESTS_CA_BUNDLE"] == str(bundle)
+    assert env["PATH"] == os.environ["PATH"]  # certbot still finds its helpers
+
+
+def test_without_acme_ca_bundle_certbot_gets_the_callers_environment(
+    provider: Callable[..., ProviderConfig], certbot: Certbot, dns_world: DnsWorld
+) -> None:
+    config = provider(["good.example"])
+    status, out = certs(config, certbot, Clock(), dns_world)
+    assert status == 0, out
+    assert certbot.envs == [None]
 
 
 def test_certificates_of_removed_tenants_are_deleted_only_with_the_flag(

@@ -294,10 +294,12 @@ def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
         )
         world.ok("policy-host", "validate", user=True)
         add_customer_records(world, world.ok("policy-host", "show", CUSTOMER, user=True))
-        # certbot trusts pebble's listener through the environment until
-        # certs passes acme.ca_bundle to it.
-        env = {"REQUESTS_CA_BUNDLE": "/etc/policy-host/acme-ca.pem"}
-        done = machine.run(["policy-host", "certs"], env=env)
+        # Before its certificate: served, its id held back (exit 4).
+        status, output = world.sh("policy-host", "apply", user=True)
+        assert status == 4, output
+        assert f"{CUSTOMER}: new: served, not published: waiting for a certificate" in output
+        # certbot trusts pebble's listener through acme.ca_bundle alone.
+        done = machine.run(["policy-host", "certs"])
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"mta-sts.{CUSTOMER}: ordered:" in done.stdout
         world.ok("policy-host", "apply", user=True)

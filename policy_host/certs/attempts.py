@@ -1,6 +1,12 @@
 """When each name was last ordered and how it went, and how many orders
 went out in the last hour: a small SQLite file of ``certs``' own in
-``state_dir``, so a broken customer never burns the CA's rate limits."""
+``state_dir``, so a broken customer never burns the CA's rate limits.
+
+It also keeps, per name, until when the certificate ``certs`` last found
+valid runs: `apply` runs as the server's user, who cannot read certbot's
+``live`` folder (root's, mode 0700), and holds back a new tenant's first
+id until its name has a certificate (RFC 8461 section 8: serve, then
+publish); ``recorded_until`` is what it reads then."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from policy_host.errors import PolicyHostError
 
 HOUR = 3600.0
 
@@ -35,6 +43,9 @@ class AttemptLog:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
+            # `apply` (the server's user) reads the certificates table.
+            with contextlib.suppress(OSError):
+                path.chmod(0o644)
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS attempts (
@@ -42,6 +53,8 @@ class AttemptLog:
                 message TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS orders (at REAL NOT NULL, host TEXT NOT NULL);
             CREATE INDEX IF NOT EXISTS orders_at ON orders (at);
+            CREATE TABLE IF NOT EXISTS certificates (
+                host TEXT PRIMARY KEY, not_after REAL NOT NULL);
             """
         )
 
@@ -72,6 +85,37 @@ class AttemptLog:
                 "INSERT OR REPLACE INTO attempts (host, at, ok, message) VALUES (?, ?, ?, ?)",
                 (host, at, int(ok), message),
             )
+
+    def certificate(self, host: str, not_after: float | None) -> None:
+        """Note the valid certificate ``host`` has (None: it has none)."""
+        with self.db:
+            if not_after is None:
+                self.db.execute("DELETE FROM certificates WHERE host = ?", (host,))
+            else:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO certificates (host, not_after) VALUES (?, ?)",
+                    (host, not_after),
+                )
+
+
+def recorded_until(path: Path, host: str) -> float | None:
+    """Until when the certificate ``certs`` last found valid for ``host``
+    runs, from the file at ``path`` (read-only; None: none recorded)."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            row = db.execute(
+                "SELECT not_after FROM certificates WHERE host = ?", (host,)
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # written before certificates were recorded
+            return None
+        raise PolicyHostError(f"{path}: cannot read what certs recorded: {exc}") from None
+    return float(row[0]) if row else None
 
 
 @contextlib.contextmanager

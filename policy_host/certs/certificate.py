@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
+from policy_host.certs.attempts import recorded_until
 from policy_host.certs.nginxconf import cert_files
 from policy_host.errors import PolicyHostError
 from policy_host.model import POLICY_HOST_PREFIX
@@ -39,6 +41,32 @@ def read_certificate(config: ProviderConfig, host: str) -> Certificate | None:
     except x509.ExtensionNotFound:
         names = []
     return Certificate(host, cert.not_valid_after_utc.timestamp(), tuple(names))
+
+
+def valid_certificate(config: ProviderConfig, host: str, now: float) -> Certificate | None:
+    """The certificate for ``host`` if it names ``host`` and has not run
+    out at ``now``; None otherwise. (The one judgement `certs` and `apply`
+    share.)"""
+    cert = read_certificate(config, host)
+    if cert is None or host not in cert.names or cert.not_after <= now:
+        return None
+    return cert
+
+
+def certs_db(config: ProviderConfig) -> Path:
+    """``certs``' own SQLite file (``attempts``)."""
+    return config.state_dir / "certs.sqlite3"
+
+
+def has_valid_certificate(config: ProviderConfig, host: str, now: float) -> bool:
+    """Whether ``host`` has a valid certificate at ``now``: read from
+    certbot's files when this user may read them, otherwise what `certs`
+    (root) last recorded (``attempts.recorded_until``)."""
+    try:
+        return valid_certificate(config, host, now) is not None
+    except (PermissionError, CertsError):
+        until = recorded_until(certs_db(config), host)
+        return until is not None and until > now
 
 
 def certificates_on_disk(config: ProviderConfig) -> list[str]:

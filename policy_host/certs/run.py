@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -37,7 +38,12 @@ from typing import TextIO
 
 from policy_host.certs.account import account_uris
 from policy_host.certs.attempts import HOUR, AttemptLog, attempt_log
-from policy_host.certs.certificate import CertsError, certificates_on_disk, read_certificate
+from policy_host.certs.certificate import (
+    CertsError,
+    certificates_on_disk,
+    certs_db,
+    valid_certificate,
+)
 from policy_host.certs.nginxconf import hosted_domains, policy_host_name, report, sync
 from policy_host.certs.precheck import make_lookup, order_problem
 from policy_host.check.dnsclient import Lookup
@@ -85,6 +91,16 @@ def certbot_command(config: ProviderConfig, host: str) -> list[str]:
     else:
         argv.append("--register-unsafely-without-email")
     return argv
+
+
+def certbot_environment(config: ProviderConfig) -> dict[str, str] | None:
+    """certbot's environment: ours, plus ``REQUESTS_CA_BUNDLE`` (the CA
+    bundle certbot's HTTP library trusts for the ACME server's own HTTPS)
+    when ``acme.ca_bundle`` is set; None: ours unchanged."""
+    bundle = config.acme.ca_bundle
+    if bundle is None:
+        return None
+    return {**os.environ, "REQUESTS_CA_BUNDLE": str(bundle)}
 
 
 def certbot_delete_command(config: ProviderConfig, host: str) -> list[str]:
@@ -136,11 +152,13 @@ class CertsRun:
 
     @property
     def db_path(self) -> Path:
-        return self.config.state_dir / "certs.sqlite3"
+        return certs_db(self.config)
 
-    def valid(self, host: str, now: float) -> Outcome | None:
-        cert = read_certificate(self.config, host)
-        if cert is None or host not in cert.names or cert.not_after <= now:
+    def valid(self, host: str, now: float, attempts: AttemptLog) -> Outcome | None:
+        cert = valid_certificate(self.config, host, now)
+        if not self.dry_run:
+            attempts.certificate(host, cert.not_after if cert is not None else None)
+        if cert is None:
             return None
         days = int((cert.not_after - now) // 86_400)
         note = ""
@@ -160,16 +178,22 @@ class CertsRun:
             argv = certbot_command(self.config, host)
             ordered += 1
             if self.dry_run:
-                outcomes.append(Outcome(host, "would-order", shlex.join(argv)))
+                outcomes.append(Outcome(host, "would-order", self._shown(argv)))
             else:
                 outcomes.append(self._order(host, argv, attempts))
         return outcomes
+
+    def _shown(self, argv: list[str]) -> str:
+        """``argv`` as a shell would run it, with certbot's CA setting."""
+        bundle = self.config.acme.ca_bundle
+        prefix = f"REQUESTS_CA_BUNDLE={shlex.quote(str(bundle))} " if bundle else ""
+        return prefix + shlex.join(argv)
 
     def _before_order(self, host: str, attempts: AttemptLog, ordered: int) -> Outcome | None:
         """What stops an order for ``host`` now (steps 1-5), or None."""
         acme = self.config.acme
         now = self.clock()
-        have = self.valid(host, now)
+        have = self.valid(host, now, attempts)
         if have is not None:
             return have
         last = attempts.last(host)
@@ -205,9 +229,9 @@ class CertsRun:
         attempts.ordering(host, started)
         self.config.acme.webroot.mkdir(parents=True, exist_ok=True)
         log.info("ordering a certificate for %s", host)
-        result = self.runner(argv, timeout=CERTBOT_TIMEOUT)
+        result = self.runner(argv, timeout=CERTBOT_TIMEOUT, env=certbot_environment(self.config))
         if result.ok:
-            have = self.valid(host, self.clock())
+            have = self.valid(host, self.clock(), attempts)
             if have is not None:
                 attempts.record(host, started, True, "ok")
                 return Outcome(host, "ordered", have.detail)
@@ -230,9 +254,11 @@ class CertsRun:
                 continue
             argv = certbot_delete_command(self.config, host)
             if self.dry_run:
-                outcomes.append(Outcome(host, "would-delete", shlex.join(argv)))
+                outcomes.append(Outcome(host, "would-delete", self._shown(argv)))
                 continue
-            result = self.runner(argv, timeout=CERTBOT_TIMEOUT)
+            result = self.runner(
+                argv, timeout=CERTBOT_TIMEOUT, env=certbot_environment(self.config)
+            )
             if result.ok:
                 outcomes.append(Outcome(host, "removed", "no longer hosted; certificate deleted"))
             else:

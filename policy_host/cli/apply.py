@@ -3,7 +3,9 @@
 Exit status as everywhere in ``cli``: 0 ok; 1 a tenant file has an error
 (nothing changed); 2 usage or config error (including an unsafe TSIG key
 file); 3 a step failed (the report says which, for which tenants; rerun
-`apply` once it is fixed and it takes up where this run stopped).
+`apply` once it is fixed and it takes up where this run stopped); 4 done,
+but a new tenant's first id waits for its certificate (run `policy-host
+certs DOMAIN`; the next `apply` publishes it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from policy_host.cli.output import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_PROBLEMS,
+    EXIT_WAITING,
     PROGRESS_FROM,
     Progress,
 )
@@ -80,7 +83,7 @@ def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
         print_report(report, config, sys.stdout)
     failure = report.failure
     if failure is None:
-        return EXIT_OK
+        return EXIT_WAITING if report.held else EXIT_OK
     if not args.json:
         for problem in report.problems if failure.step == VALIDATE else ():
             print(problem, file=sys.stderr)
@@ -143,6 +146,12 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
             f"until {iso(withdrawal.ends)}, then its TXT is deleted",
             file=out,
         )
+    for domain in report.held:
+        print(
+            f"{domain}: new: served, not published: waiting for a certificate: "
+            f"run policy-host certs {domain}",
+            file=out,
+        )
     for note in (*plan.notes, *report.notes):
         print(f"note: {note}", file=out)
     if dry and report.reload:
@@ -181,6 +190,8 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
     summary = f"{count} change{'s' if count != 1 else ''}, {len(plan.unchanged)} unchanged"
     if report.tlsrpt:
         summary += f", {len(report.tlsrpt)} hosted TLS-RPT record(s) set or deleted"
+    if report.held:
+        summary += f", {len(report.held)} waiting for a certificate"
     if dry:
         shown = " (the new ids shown are examples)" if count else ""
         print(f"dry run: {summary}; nothing was changed{shown}", file=sys.stderr)

@@ -13,6 +13,9 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1  # problems found: a failed check, a validation error
 EXIT_USAGE = 2  # usage or provider-config error
 EXIT_FAILURE = 3  # anything else: a server, DNS or certbot failure
+# Done, but something waits for another command: `apply` held a new
+# tenant's first id until `certs` gets its name a certificate.
+EXIT_WAITING = 4
 
 # Progress is drawn only on a terminal and only for runs this large...
 PROGRESS_FROM = 20

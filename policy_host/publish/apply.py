@@ -6,9 +6,12 @@ policy at once and caches it under that id, so a new policy must be served
 
 1. validate every tenant (any error: stop, nothing changed);
 2. plan (pure, ``plan``): new, changed and removed tenants, each with a new id;
+   a new tenant whose name has no valid certificate yet (with an ``acme``
+   section) is served but held back: its first id waits for `certs`;
 3. record the pending changes in the state, reload the server (the compile
    says what it changed) and verify that every upstream serves exactly
-   those bytes, and those of every planned change;
+   those bytes, and those of every planned change, and that every worker
+   of the app behind them holds the snapshot just written;
 4. publish: one TSIG-signed RFC 2136 UPDATE per batch to the primary;
 5. confirm by reading the TXT records back from the primary; commit.
 
@@ -23,7 +26,7 @@ import http.client
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError, Problem
@@ -40,12 +43,14 @@ from policy_host.publish.update import (
     shows,
     update_text,
 )
+from policy_host.publish.workers import WorkerTally
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
 from policy_host.serve.compiler import changed_hosts
 from policy_host.serve.snapshot import merge, served_policies
 from policy_host.state import (
+    NEW,
     PUBLISHED,
     SERVED,
     Store,
@@ -75,6 +80,8 @@ BATCH_SIZE = 200
 # Seconds between verification rounds.
 POLL_INTERVAL = 0.1
 LOCK_NAME = "apply.lock"
+# Requests per worker in each round of asking the app's workers.
+ASKS_PER_WORKER = 3
 
 
 class ApplyError(PolicyHostError):
@@ -109,6 +116,8 @@ class Report:
     manual_dns: bool = False
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # New tenants served but not published: no valid certificate yet.
+    held: list[str] = field(default_factory=list)
     failure: ApplyError | None = None
 
     @property
@@ -130,6 +139,7 @@ class Report:
             "reload": self.reload,
             "manual_dns": self.manual_dns,
             "steps_done": self.steps,
+            "waiting_for_certificate": self.held,
             "problems": [p.as_dict() for p in self.problems],
             "failure": self.failure.as_dict() if self.failure else None,
         }
@@ -181,6 +191,36 @@ def _validated(config: ProviderConfig, report: Report) -> LoadResult:
     return result
 
 
+def _hold_uncertified(env: Environment, plan: Plan, report: Report) -> Plan:
+    """The plan without the new tenants whose name has no valid certificate.
+
+    RFC 8461 section 8: a policy is served, then its id published; a
+    sender that sees the id fetches at once over HTTPS, and without a
+    certificate for mta-sts.<domain> that fetch fails. Such a tenant is
+    still served (the compile serves every valid tenant file, and verify
+    checks it) but nothing is recorded for it, so the first run after
+    `certs` publishes it. Changes to published tenants are never held,
+    nor a new one an interrupted run left (its id may be in DNS already).
+    """
+    if env.certified is None:
+        return plan
+    certified = env.certified
+    held = []
+    for change in plan.changes:
+        if change.kind != NEW or change.resumed:
+            continue
+        try:
+            if not certified(change.domain):
+                held.append(change.domain)
+        except PolicyHostError as exc:
+            raise ApplyError(PLAN, [change.domain], str(exc)) from None
+    if not held:
+        return plan
+    report.held = held
+    waiting = set(held)
+    return replace(plan, changes=tuple(c for c in plan.changes if c.domain not in waiting))
+
+
 def _batches(changes: Sequence[Change]) -> Iterator[Sequence[Change]]:
     for start in range(0, len(changes), BATCH_SIZE):
         yield changes[start : start + BATCH_SIZE]
@@ -199,6 +239,7 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
         now,
         withdrawal_max_age=config.apply.withdrawal_max_age,
     )
+    plan = _hold_uncertified(env, plan, report)
     report.plan = plan
     report.tlsrpt = plan_tlsrpt(config, result.tenants, hosted_tlsrpt(config.state_db))
     _dry_run_tlsrpt(config, env, report)
@@ -302,6 +343,7 @@ def _execute(
         plan = make_plan(
             result, store.records(), now, withdrawal_max_age=config.apply.withdrawal_max_age
         )
+    plan = _hold_uncertified(env, plan, report)
     report.plan = plan
     changes = list(plan.changes)
     domains = [c.domain for c in changes]
@@ -333,6 +375,7 @@ def _execute(
         reloaded = time.monotonic()
         _done(env, report, RELOAD)
         _verify(config, env, {**changed, **serves})
+        _verify_workers(config, env, sorted({*changed, *serves}))
         settled = reloaded + env.settle - time.monotonic()
         if settled > 0:
             env.sleep(settled)
@@ -414,6 +457,44 @@ def _verify(config: ProviderConfig, env: Environment, want: Mapping[str, bytes |
                 VERIFY,
                 failed,
                 f"{reason} after {config.apply.verify_timeout:g} s; nothing was published",
+            )
+        env.sleep(POLL_INTERVAL)
+
+
+def _verify_workers(config: ProviderConfig, env: Environment, domains: list[str]) -> None:
+    """Ask the app's workers directly until every one holds the snapshot
+    the reload wrote (``publish.workers``): nginx serves the policy files by
+    itself, so the upstreams say nothing of a worker that could not load
+    it, and a sender whose request nginx passes on may reach that worker."""
+    if env.workers is None:
+        return
+    want = env.workers.want()
+    if want is None:
+        return
+    tally = WorkerTally(want)
+    deadline = time.monotonic() + config.apply.verify_timeout
+    problem: str | None = "no worker answered"
+    while True:
+        # A new connection per request: any worker may take it, so a few
+        # per worker reach each of them.
+        known = max((s.workers for s in tally.latest.values()), default=config.serve.workers)
+        for _ in range(ASKS_PER_WORKER * max(known, 1)):
+            try:
+                state = env.workers.ask()
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"the app at {config.serve.bind}: {exc}"
+                continue
+            if state is not None:
+                tally.add(state)
+        problem = tally.problem() if tally.latest else problem
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            raise ApplyError(
+                VERIFY,
+                domains,
+                f"the app behind the upstreams ({config.serve.bind}): {problem} after "
+                f"{config.apply.verify_timeout:g} s; nothing was published",
             )
         env.sleep(POLL_INTERVAL)
 

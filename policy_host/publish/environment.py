@@ -16,8 +16,9 @@ from typing import Protocol
 
 import dns.update
 
-from policy_host.fetch import client_context, fetch_from
+from policy_host.fetch import client_context, fetch_app, fetch_from
 from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
+from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
 from policy_host.read.tenants import LoadResult
 
@@ -38,6 +39,19 @@ Fetcher = Callable[[str, str], tuple[int, bytes]]
 Hook = Callable[[str], None]
 # (step, done, total): progress of long steps.
 Progress = Callable[[str, int, int], None]
+# domain -> whether mta-sts.<domain> has a valid certificate now.
+Certified = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class AppWorkers:
+    """The app's workers, asked directly (``publish.workers``)."""
+
+    # One request to the app's private listener: the answering worker's
+    # state (None: the answer was not one).
+    ask: Callable[[], WorkerState | None]
+    # The id of the snapshot the reload wrote.
+    want: Callable[[], str | None]
 
 
 class UpdateClient(Protocol):
@@ -80,6 +94,12 @@ class Environment:
     # One fetch that gets them proves only that *its* worker has them, so
     # nothing is published before this much time has passed as well.
     settle: float = 0.0
+    # None: publish new tenants at once (no `acme` section: the provider
+    # brings its certificates its own way); otherwise a new tenant's first
+    # id waits until this says its name has a certificate.
+    certified: Certified | None = None
+    # None: the upstreams alone are verified.
+    workers: AppWorkers | None = None
 
 
 def settle_time(watch_interval: float) -> float:
@@ -132,5 +152,37 @@ def real_environment(config: ProviderConfig) -> Environment:
         )
 
     return Environment(
-        reload=reload, fetch=fetch, dns=dns_client, settle=settle_time(WATCH_INTERVAL)
+        reload=reload,
+        fetch=fetch,
+        dns=dns_client,
+        settle=settle_time(WATCH_INTERVAL),
+        certified=certificate_check(config) if config.acme.configured else None,
+        workers=app_workers(config),
     )
+
+
+def app_workers(config: ProviderConfig) -> AppWorkers:
+    """The workers behind ``serve.bind``, asked over plain HTTP."""
+    from policy_host.serve.snapshot import snapshot_id
+    from policy_host.serve.web import SNAPSHOT_PATH
+
+    # Not a policy name: the app answers SNAPSHOT_PATH only for others.
+    host = "localhost" if config.serve.bind.startswith("unix:") else config.serve.bind
+
+    def ask() -> WorkerState | None:
+        status, body = fetch_app(config.serve.bind, SNAPSHOT_PATH, host, timeout=FETCH_TIMEOUT)
+        return parse_state(body.decode("ascii", "replace")) if status == 200 else None
+
+    return AppWorkers(ask=ask, want=lambda: snapshot_id(config.snapshot_path))
+
+
+def certificate_check(config: ProviderConfig, clock: Clock = time.time) -> Certified:
+    """Whether a domain's policy name has a valid certificate (``certs``
+    keeps them; read as ``certs`` judges them)."""
+    from policy_host.certs.certificate import has_valid_certificate
+    from policy_host.model import POLICY_HOST_PREFIX
+
+    def certified(domain: str) -> bool:
+        return has_valid_certificate(config, POLICY_HOST_PREFIX + domain, clock())
+
+    return certified

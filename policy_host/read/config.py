@@ -101,6 +101,9 @@ class AcmeSettings:
     """How `certs` runs certbot (one certificate per mta-sts.<domain>)."""
 
     directory: str = DEFAULT_ACME_DIRECTORY
+    # The config has an `acme` section: `certs` gets the certificates, and
+    # `apply` publishes a new tenant's first id only once it has one.
+    configured: bool = False
     # PEM bundle of the CA(s) to trust for the ACME server's own HTTPS
     # listener (a private or test CA); None: the system's store.
     ca_bundle: Path | None = None
@@ -339,7 +342,7 @@ def load_config(path: Path) -> ProviderConfig:
     dns = _dns_settings(fields.mapping("dns", _DNS_KEYS), base)
     apply = _apply_settings(fields.mapping("apply", _APPLY_KEYS))
     check = _check_settings(fields.mapping("check", _CHECK_KEYS))
-    acme = _acme_settings(fields.mapping("acme", _ACME_KEYS), base)
+    acme = _acme_settings(fields.mapping("acme", _ACME_KEYS), base, "acme" in fields.entries)
     nginx = _nginx_settings(fields.mapping("nginx", _NGINX_KEYS), base)
     tlsrpt = _tlsrpt_settings(fields.mapping("tlsrpt", _TLSRPT_KEYS))
     if any(p.is_error for p in problems) or tenants_dir is None:
@@ -482,7 +485,7 @@ def _path(fields: Fields, key: str, default: str, base: Path) -> Path:
     return base / (fields.text(key) or default)
 
 
-def _acme_settings(fields: Fields | None, base: Path) -> AcmeSettings | None:
+def _acme_settings(fields: Fields | None, base: Path, configured: bool) -> AcmeSettings | None:
     if fields is None:
         return None
     directory = fields.text("directory") or DEFAULT_ACME_DIRECTORY
@@ -498,6 +501,7 @@ def _acme_settings(fields: Fields | None, base: Path) -> AcmeSettings | None:
         if not at or not local or "." not in domain or any(c in email for c in " ,;<>"):
             fields.error(fields.line("email"), f"acme.email: expected name@domain (got {email!r})")
     return AcmeSettings(
+        configured=configured,
         directory=directory,
         ca_bundle=(base / ca_bundle) if ca_bundle else None,
         email=email,

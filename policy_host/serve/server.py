@@ -117,6 +117,7 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
             snapshot_path=self.config.snapshot_path,
             watch_interval=WATCH_INTERVAL,
             reports_config=self.config,
+            workers=int(self.options["workers"]),
         )
 
 

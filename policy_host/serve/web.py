@@ -7,6 +7,7 @@ when the app is made; a request only normalises its Host and looks it up.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
+# Which snapshot the answering worker holds, for `apply` on the app's own
+# (private) listener: one request reaches one worker, so `apply` asks until
+# it has heard from every worker (``publish.workers``). Never for a policy
+# name, nor through nginx (which answers 404 for it, nginx/*.conf).
+SNAPSHOT_PATH = "/_policy-host/snapshot"
 # How often each worker looks at the snapshot and its change journal (two
 # stat calls; seconds). Every way of running the app uses this one value,
 # and `apply` waits for it before it publishes an id (RFC 8461 section 8:
@@ -146,6 +152,8 @@ class PolicyTable:
         self._stamp: Identity | None = None
         self._journal_stamp: Identity | None = None
         self._failed: object = None
+        # Why the snapshot on disk could not be loaded (None: it was).
+        self.load_error: str | None = None
         self._failed_journal: object = None
         # Seconds between looks, once ``watch`` runs.
         self.watch_interval: float | None = None
@@ -181,13 +189,19 @@ class PolicyTable:
                     if served is not None:
                         (policies, current), whole = served, True
                         steps = journal.since(current) if journal is not None else None
-        except PolicyHostError:
+        except PolicyHostError as exc:
             # Keep the old stamps so the next tick tries again: a worker that
-            # gave up here would serve old bytes under a newly published id.
+            # gave up here would serve old bytes under a newly published id
+            # (`apply` asks every worker, SNAPSHOT_PATH, and stops first).
+            self.load_error = str(exc)
             if (stamp, journal_stamp) != self._failed:
-                log.exception("cannot load the new snapshot; still serving the previous policies")
+                log.exception(
+                    "cannot load the new snapshot; still serving the previous policies, "
+                    "and apply will publish nothing until this worker can read it"
+                )
                 self._failed = (stamp, journal_stamp)
             return False
+        self.load_error = None
         if steps:
             policies = dict(policies)  # the copy requests never see half-made
             for step in steps:
@@ -247,6 +261,7 @@ def create_app(
     watch_interval: float | None = None,
     fast_path: bool = True,
     reports_config: ProviderConfig | None = None,
+    workers: int = 1,
 ) -> Flask:
     """The WSGI app.
 
@@ -295,6 +310,14 @@ def create_app(
         # redirect, never varied by anything but the host.
         return Response(body, status=200, mimetype="text/plain")
 
+    @app.route(SNAPSHOT_PATH, methods=["GET"], provide_automatic_options=False)
+    def snapshot() -> Response:
+        # Private: nginx passes the request's Host and adds X-Forwarded-For.
+        forwarded = "X-Forwarded-For" in request.headers or "X-Real-IP" in request.headers
+        if forwarded or normalise_host(request_host(request.environ)) is not None:
+            return _plain(404, "not found")
+        return _plain(200, worker_state(table, workers))
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         response = _plain(exc.code or 500, (exc.name or "error").lower())
@@ -308,6 +331,18 @@ def create_app(
     if fast_path:
         app.wsgi_app = PolicyFastPath(table, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def worker_state(table: PolicyTable, workers: int) -> str:
+    """What SNAPSHOT_PATH answers (``publish.workers.parse_state`` reads it)."""
+    lines = [
+        f"snapshot {table.snapshot_id}",
+        f"worker {os.getpid()}",
+        f"workers {workers}",
+    ]
+    if table.load_error is not None:
+        lines.append(f"error {' '.join(table.load_error.split())}")
+    return "\n".join(lines)
 
 
 def _add_report_route(app: Flask, config: ProviderConfig) -> None:

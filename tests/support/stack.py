@@ -197,6 +197,7 @@ apply:
   upstreams: http://127.0.0.1:8081
 acme:
   directory: {self.pebble.directory_url if self.pebble else ""}
+  ca_bundle: {self.pebble.tls_ca if self.pebble else ""}
   email: hostmaster@{PROVIDER_ZONE}
   webroot: {self.webroot}
   config_dir: {le}/config
@@ -250,10 +251,10 @@ nginx:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for commands: certbot trusts pebble's listener."""
-        assert self.pebble is not None
+        """Environment for commands. Without REQUESTS_CA_BUNDLE: certbot
+        trusts pebble's listener through acme.ca_bundle alone."""
         env = dict(os.environ)
-        env["REQUESTS_CA_BUNDLE"] = str(self.pebble.tls_ca)
+        env.pop("REQUESTS_CA_BUNDLE", None)
         return env
 
     def run(
