@@ -45,6 +45,7 @@ from policy_host.fileio import locked
 from policy_host.model import POLICY_HOST_PREFIX, InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 from policy_host.records import AcmeIdentity
+from policy_host.results import put_certs
 from policy_host.runner import Runner, run
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,17 @@ def _domain_args(values: Sequence[str]) -> list[str]:
     return domains
 
 
+def _store_expiry(config: ProviderConfig, domains: Iterable[str], now: float) -> None:
+    """Keep each policy name's certificate expiry for `promote` and the status page."""
+    expiry: dict[str, float | None] = {}
+    for domain in domains:
+        host = policy_host_name(domain)
+        cert = read_certificate(config, host)
+        valid = cert is not None and host in cert.names
+        expiry[host] = cert.not_after if cert is not None and valid else None
+    put_certs(config.results_db, expiry, now)
+
+
 def run_certs(
     config: ProviderConfig,
     *,
@@ -286,6 +298,8 @@ def run_certs(
             stack.enter_context(locked(config.state_dir / "certs.lock", write_pid=True))
         attempts = stack.enter_context(attempt_log(run_.db_path, dry_run))
         outcomes = run_.obtain(wanted, attempts)
+        if not dry_run:
+            _store_expiry(config, wanted, clock())
         for outcome in outcomes:
             print(outcome, file=stream)
         nginx = sync(config, runner=runner, domains=hosted, dry_run=dry_run, reload=reload_nginx)

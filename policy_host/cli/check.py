@@ -178,10 +178,31 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     elapsed = time.monotonic() - started
     reports += [invalid_tenant_report(d, s) for d, s in broken.items()]
     reports.sort(key=lambda r: r.domain)
+    _store_results(config, reports, time.time())
     counts = _show(args, config, reports, servers, elapsed, client.queries)
     if counts["fail"] or (args.strict and counts["warn"]):
         return EXIT_PROBLEMS
     return EXIT_OK
+
+
+def _store_results(config: ProviderConfig, reports: Sequence[TenantReport], now: float) -> None:
+    """Keep each tenant's result for `promote`, the guard and the status page."""
+    from policy_host.results import CheckResult, put_checks
+
+    put_checks(
+        config.results_db,
+        [
+            CheckResult(
+                r.domain,
+                now,
+                r.status,
+                r.mode,
+                tuple(reason.as_dict() for reason in r.reasons),
+                tuple(r.observed["mx"]["hosts"]) if "mx" in r.observed else None,
+            )
+            for r in reports
+        ],
+    )
 
 
 class _UsageError(Exception):
