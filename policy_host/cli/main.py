@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     from policy_host.cli import reports as reportscmd  # TLS reports: ingest and summaries
 
     reportscmd.register(sub, common)
+
+    from policy_host.cli import promote as promotecmd  # promote: testing -> enforce on evidence
+
+    promotecmd.register(sub, common)
     return parser
 
 
