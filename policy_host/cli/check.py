@@ -14,8 +14,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from policy_host.cli.guard import format_guard, guard_step
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Progress
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig, parse_server
@@ -128,6 +129,12 @@ def register(
     p.add_argument(
         "--problems", action="store_true", help="list only tenants with warnings or failures"
     )
+    p.add_argument(
+        "--no-apply",
+        action="store_true",
+        help="after a guard step down (promote.step_down), leave 'policy-host apply' to the "
+        "apply timer instead of running it at once",
+    )
     p.set_defaults(handler=cmd_check)
 
 
@@ -178,9 +185,11 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     elapsed = time.monotonic() - started
     reports += [invalid_tenant_report(d, s) for d, s in broken.items()]
     reports.sort(key=lambda r: r.domain)
-    _store_results(config, reports, time.time())
-    counts = _show(args, config, reports, servers, elapsed, client.queries)
-    if counts["fail"] or (args.strict and counts["warn"]):
+    now = time.time()
+    _store_results(config, reports, now)
+    guard = guard_step(config, tenants, reports, now, apply=not args.no_apply)
+    counts = _show(args, config, reports, servers, elapsed, client.queries, guard)
+    if counts["fail"] or (args.strict and counts["warn"]) or guard["alerts"]:
         return EXIT_PROBLEMS
     return EXIT_OK
 
@@ -257,6 +266,7 @@ def _show(
     servers: Sequence[tuple[str, int]],
     elapsed: float,
     queries: int,
+    guard: dict[str, Any],
 ) -> dict[str, int]:
     """The table or the JSON, and the summary line; the count per status."""
     resolver = ", ".join(f"{a}:{p}" for a, p in servers)
@@ -271,6 +281,7 @@ def _show(
                 "queries": queries,
                 "summary": {"tenants": len(reports), **counts},
                 "tenants": [r.as_dict() for r in reports],
+                "guard": guard,
             },
             sys.stdout,
             indent=2,
@@ -279,6 +290,7 @@ def _show(
     else:
         shown = [r for r in reports if r.status != "ok"] if args.problems else reports
         sys.stdout.write(format_table(shown, verbose=args.verbose))
+        sys.stdout.write(format_guard(guard))
     print(
         f"checked {len(reports)} tenants in {elapsed:.1f} s through {resolver}: "
         f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail",

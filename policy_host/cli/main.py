@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from policy_host import __version__
 from policy_host.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
@@ -35,6 +36,9 @@ from policy_host.read.tenants import default_jobs, load_tenants
 from policy_host.read.yamlfile import read_limited
 from policy_host.render import render
 from policy_host.serve.snapshot import read_snapshot
+
+if TYPE_CHECKING:
+    from policy_host.results import Event
 
 log = logging.getLogger("policy_host")
 
@@ -178,6 +182,7 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
                 "customer_records": [{"name": n, "type": t, "value": v} for n, t, v in records],
                 "provider_txt_name": txt_name,
                 "problems": [p.as_dict() for p in problems],
+                "events": [_event_dict(e) for e in _mode_events(config, domain)],
             },
             sys.stdout,
             indent=2,
@@ -210,6 +215,12 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
         print(f"; 'policy-host apply'; wait max_age ({tenant.policy.max_age} s) so no sender")
         print("; still caches a policy without it; then change the MX records; then drop the")
         print("; old entry and apply again (apply warns whenever an mx entry is dropped).")
+    for event in _mode_events(config, domain)[:1]:
+        # Whatever is served must be explainable from the tenant file and the state.
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(event.at))
+        print()
+        print(f"; {event.kind} at {when}: {event.message}")
+        print("; (policy-host promote and the check guard keep every such event with its evidence)")
     if tenant is not None and tenant.tlsrpt_rua:
         print()
         print("; Optional, for TLS reports (RFC 8460), in the customer's zone:")
@@ -217,6 +228,17 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
             f'_smtp._tls.{domain}.  3600  IN  TXT  "v=TLSRPTv1; rua={",".join(tenant.tlsrpt_rua)}"'
         )
     return EXIT_PROBLEMS if any(p.is_error for p in problems) else EXIT_OK
+
+
+def _mode_events(config: ProviderConfig, domain: str) -> list[Event]:
+    """Promotions and step downs of ``domain``, newest first."""
+    from policy_host.results import PROMOTED, STEPPED_DOWN, read_events
+
+    return [e for e in read_events(config.results_db, domain) if e.kind in (PROMOTED, STEPPED_DOWN)]
+
+
+def _event_dict(event: Event) -> dict[str, object]:
+    return {"at": event.at, "kind": event.kind, "message": event.message}
 
 
 def _bind_arg(text: str) -> str:

@@ -126,7 +126,7 @@ def assess(config: ProviderConfig, tenants: Sequence[Tenant], now: float) -> lis
     published = published_policies(config.state_db)
     checks = read_checks(config.results_db, [t.domain for t in tenants])
     certs = read_certs(config.results_db)
-    settings = {t.domain: _settings(config, t) for t in tenants}
+    settings = {t.domain: settings_for(config, t) for t in tenants}
     by_days: dict[int, list[str]] = {}
     for t in tenants:
         by_days.setdefault(settings[t.domain].report_days, []).append(t.domain)
@@ -152,7 +152,8 @@ def assess(config: ProviderConfig, tenants: Sequence[Tenant], now: float) -> lis
     ]
 
 
-def _settings(config: ProviderConfig, tenant: Tenant) -> PromoteSettings:
+def settings_for(config: ProviderConfig, tenant: Tenant) -> PromoteSettings:
+    """The provider's promote settings with the tenant file's overrides."""
     path = Path(tenant.source)
     try:
         data = path.read_bytes()
@@ -161,3 +162,25 @@ def _settings(config: ProviderConfig, tenant: Tenant) -> PromoteSettings:
     if b"promote" not in data:
         return config.promote
     return tenant_settings(path, data, config.promote)
+
+
+def failures_by_mx(
+    reports_db: Path, domains: Sequence[str], first_day: int, last_day: int
+) -> dict[str, dict[str, dict[int, int]]]:
+    """Failed sessions per domain, receiving MX and UTC day in [first_day, last_day]."""
+    found: dict[str, dict[str, dict[int, int]]] = {}
+    with _reports(reports_db) as conn:
+        for start in range(0, len(domains) if conn is not None else 0, _CHUNK):
+            assert conn is not None
+            chunk = list(domains[start : start + _CHUNK])
+            for domain, day, mx, count in conn.execute(
+                "SELECT r.domain, CAST(r.start / 86400 AS INTEGER), d.receiving_mx_hostname, "
+                "sum(d.count) FROM result r JOIN detail d ON d.result = r.id "
+                f"WHERE r.domain IN ({','.join('?' * len(chunk))}) AND r.start >= ? "
+                "AND r.start < ? GROUP BY 1, 2, 3",
+                [*chunk, first_day * DAY, (last_day + 1) * DAY],
+            ):
+                per_mx = found.setdefault(domain, {})
+                per_day = per_mx.setdefault(mx or "(none given)", {})
+                per_day[day] = per_day.get(day, 0) + count
+    return found
