@@ -4,57 +4,15 @@ becomes ready and is promoted by a one-line edit, one held back, evidence kept."
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from support.promoteenv import DAY, ingest, policy_host, publish, report_json, tenant_yaml, tree
+from support.promoteenv import policy_host, provider_with_evidence
 
-from policy_host.read.config import ProviderConfig
-from policy_host.results import PROMOTED, CheckResult, put_certs, put_checks, read_events
-
-MX = ["mx1.ready.example", "mx2.ready.example"]
-
-
-def _provider(tmp_path: Path, *, auto: bool = False) -> ProviderConfig:
-    now = time.time()
-    extra = "promote:\n  auto: true\n" if auto else ""
-    config = tree(
-        tmp_path / "provider",
-        {
-            "ready.example": tenant_yaml("testing", ["*.ready.example"], extra=extra),
-            "young.example": tenant_yaml("testing", ["mx.young.example"]),
-            "done.example": tenant_yaml("enforce", ["mx.done.example"]),
-        },
-    )
-    publish(config, "ready.example", "testing", ["*.ready.example"], 604_800, now - 20 * DAY)
-    publish(config, "young.example", "testing", ["mx.young.example"], 604_800, now - 3 * DAY)
-    put_checks(
-        config.results_db,
-        [
-            CheckResult("ready.example", now - 600, "ok", "testing", (), tuple(MX)),
-            CheckResult("young.example", now - 600, "ok", "testing", (), ("mx.young.example",)),
-        ],
-    )
-    put_certs(
-        config.results_db,
-        {"mta-sts.ready.example": now + 60 * DAY, "mta-sts.young.example": now + 60 * DAY},
-        now,
-    )
-    yesterday = now - DAY
-    ingest(
-        config,
-        tmp_path / "drop",
-        [
-            report_json("ready.example", "Google", yesterday, 700, 1, ["*.ready.example"]),
-            report_json("ready.example", "Microsoft", yesterday, 300, 0, ["*.ready.example"]),
-            report_json("young.example", "Google", yesterday, 500, 0, ["mx.young.example"]),
-        ],
-    )
-    return config
+from policy_host.results import PROMOTED, read_events
 
 
 def test_report_says_who_is_ready_and_why_not(tmp_path: Path) -> None:
-    config = _provider(tmp_path)
+    config = provider_with_evidence(tmp_path)
     done = policy_host(config, "promote", "--json")
     assert done.returncode == 0, done.stderr
     found = {t["domain"]: t for t in json.loads(done.stdout)["tenants"]}
@@ -74,7 +32,7 @@ def test_report_says_who_is_ready_and_why_not(tmp_path: Path) -> None:
 
 
 def test_write_promotes_only_the_ready_tenant_by_one_line(tmp_path: Path) -> None:
-    config = _provider(tmp_path)
+    config = provider_with_evidence(tmp_path)
     path = config.tenants_dir / "ready.example.yaml"
     before = path.read_text()
     dry = policy_host(config, "promote", "--write", "--dry-run")
@@ -99,11 +57,11 @@ def test_write_promotes_only_the_ready_tenant_by_one_line(tmp_path: Path) -> Non
 
 
 def test_auto_promotes_only_tenants_that_opted_in(tmp_path: Path) -> None:
-    config = _provider(tmp_path)
+    config = provider_with_evidence(tmp_path)
     done = policy_host(config, "promote", "--write", "--auto")
     assert done.returncode == 0, done.stderr
     assert "mode: testing" in (config.tenants_dir / "ready.example.yaml").read_text()
-    opted = _provider(tmp_path / "b", auto=True)
+    opted = provider_with_evidence(tmp_path / "b", auto=True)
     done = policy_host(opted, "promote", "--write", "--auto")
     assert done.returncode == 0, done.stderr
     assert "mode: enforce" in (opted.tenants_dir / "ready.example.yaml").read_text()

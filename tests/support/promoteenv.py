@@ -14,6 +14,7 @@ from pathlib import Path
 from policy_host.model import Policy
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.render import render
+from policy_host.results import CheckResult, put_certs, put_checks
 from policy_host.state import NEW, PUBLISHED, Pending, Store
 
 from .applyenv import CLI
@@ -115,3 +116,65 @@ def policy_host(config: ProviderConfig, *argv: str) -> subprocess.CompletedProce
     return subprocess.run(
         [*CLI, "--config", str(config.path), *argv], capture_output=True, text=True, timeout=120
     )
+
+
+def provider_with_evidence(tmp_path: Path, *, auto: bool = False) -> ProviderConfig:
+    """ready.example (testing, every piece of evidence), young.example
+    (testing for 3 days, one reporter), done.example (enforce)."""
+    now = time.time()
+    mx = ("mx1.ready.example", "mx2.ready.example")
+    extra = "promote:\n  auto: true\n" if auto else ""
+    config = tree(
+        tmp_path / "provider",
+        {
+            "ready.example": tenant_yaml("testing", ["*.ready.example"], extra=extra),
+            "young.example": tenant_yaml("testing", ["mx.young.example"]),
+            "done.example": tenant_yaml("enforce", ["mx.done.example"]),
+        },
+    )
+    publish(config, "ready.example", "testing", ["*.ready.example"], 604_800, now - 20 * DAY)
+    publish(config, "young.example", "testing", ["mx.young.example"], 604_800, now - 3 * DAY)
+    publish(config, "done.example", "enforce", ["mx.done.example"], 604_800, now - 40 * DAY)
+    put_checks(
+        config.results_db,
+        [
+            CheckResult("ready.example", now - 600, "ok", "testing", (), mx),
+            CheckResult("young.example", now - 600, "ok", "testing", (), ("mx.young.example",)),
+            CheckResult(
+                "done.example",
+                now - 600,
+                "fail",
+                "enforce",
+                ({"code": "mx_mismatch", "severity": "fail", "message": "m", "subject": "s"},),
+                ("mx9.done.example",),
+            ),
+        ],
+    )
+    put_certs(
+        config.results_db,
+        {
+            "mta-sts.ready.example": now + 60 * DAY,
+            "mta-sts.young.example": now + 60 * DAY,
+            "mta-sts.done.example": now + 60 * DAY,
+        },
+        now,
+    )
+    yesterday = now - DAY
+    failure = {
+        "result-type": "certificate-expired",
+        "receiving-mx-hostname": "mx9.done.example",
+        "failed-session-count": 40,
+    }
+    ingest(
+        config,
+        tmp_path / "drop",
+        [
+            report_json("ready.example", "Google", yesterday, 700, 1, ["*.ready.example"]),
+            report_json("ready.example", "Microsoft", yesterday, 300, 0, ["*.ready.example"]),
+            report_json("young.example", "Google", yesterday, 500, 0, ["mx.young.example"]),
+            report_json(
+                "done.example", "Google", yesterday, 60, 40, ["mx.done.example"], [failure]
+            ),
+        ],
+    )
+    return config
