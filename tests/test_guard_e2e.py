@@ -12,12 +12,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.procs import wait_until
+from support.applyenv import CLI
+from support.browser import chromium, dump_dom
+from support.procs import LOOPBACK, Daemon, free_port, port_open, wait_until
 from support.stack import Customer, MiniInternet
 from test_e2e import _handshakes, ok, sender
 from test_stack_certs import require_stack
 
-from policy_host.read.config import load_config
+from policy_host.read.config import ProviderConfig, load_config
 from policy_host.results import GUARD_ALERT, STEPPED_DOWN, read_events
 from policy_host.state import published_ids
 
@@ -27,6 +29,19 @@ MOVED = Customer("moved.example", mx=("mx1.moved.example",), mx_hosts=("mx2.move
 KEPT = Customer("kept.example", mx=("mx.kept.example",), mx_hosts=("other.kept.example",))
 FINE = Customer("fine.example", mx=("mx.fine.example",), mx_hosts=("mx.fine.example",))
 OPT_OUT = "promote:\n  step_down: false\n"
+
+
+def dump_dom_of(config: ProviderConfig, path: str) -> str:
+    """The page as headless Chromium renders it from `policy-host status`."""
+    chromium()
+    port = free_port("tcp")
+    with Daemon(
+        [*CLI, "--config", str(config.path), "status", "--bind", f"{LOOPBACK}:{port}"],
+        name="status",
+        workdir=config.state_dir / "status-run",
+        ready=lambda: port_open(LOOPBACK, port),
+    ):
+        return dump_dom(f"http://{LOOPBACK}:{port}{path}")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +116,17 @@ def test_a_guard_step_down_is_seen_by_a_real_sender_within_one_check(
     shown = ok(world.policy_host("show", "moved.example"))
     assert "; stepped-down at " in shown
     assert "mx2.moved.example" in shown
+
+    # The status page (outside the namespace, reading the same stores) shows it.
+    from policy_host.status.app import create_app
+
+    page = create_app(config).test_client().get("/tenant/moved.example").get_data(as_text=True)
+    assert '<dd id="mode">testing</dd>' in page
+    assert f'<code id="policy-id">{new["moved.example"]}</code>' in page
+    assert "stepped down to testing by policy-host" in page
+    dom = dump_dom_of(config, "/?filter=problems")
+    assert 'data-domain="kept.example"' in dom
+    assert "stepped-down" in dom.split('data-domain="moved.example"')[1].split("</tr>")[0]
 
     # The next check: moved is in testing (a warning), kept is still alerted once.
     again = world.policy_host("check", "--json")
