@@ -38,7 +38,8 @@ has one valid TLS-RPT record; no CAA record forbids the certificate authority. W
 
 EPILOG = """\
 Exit status: 0 no tenant failed (warnings are shown but pass unless --strict);
-1 a tenant failed; 2 usage or provider-config error. Every reason has a stable code
+1 a tenant failed or the guard raised an alert (MX drift of an enforce tenant, a
+rise of failures to one MX); 2 usage or provider-config error. Every reason has a stable code
 (see README, or --json).
 """
 
@@ -189,29 +190,31 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     _store_results(config, reports, now)
     guard = guard_step(config, tenants, reports, now, apply=not args.no_apply)
     counts = _show(args, config, reports, servers, elapsed, client.queries, guard)
-    if counts["fail"] or (args.strict and counts["warn"]) or guard["alerts"]:
+    if counts["fail"] or (args.strict and counts["warn"]) or guard["alerts"] or guard["errors"]:
         return EXIT_PROBLEMS
     return EXIT_OK
 
 
 def _store_results(config: ProviderConfig, reports: Sequence[TenantReport], now: float) -> None:
     """Keep each tenant's result for `promote`, the guard and the status page."""
-    from policy_host.results import CheckResult, put_checks
+    from policy_host.results import CheckResult, ResultsError, put_checks
 
-    put_checks(
-        config.results_db,
-        [
-            CheckResult(
-                r.domain,
-                now,
-                r.status,
-                r.mode,
-                tuple(reason.as_dict() for reason in r.reasons),
-                tuple(r.observed["mx"]["hosts"]) if "mx" in r.observed else None,
-            )
-            for r in reports
-        ],
-    )
+    results = [
+        CheckResult(
+            r.domain,
+            now,
+            r.status,
+            r.mode,
+            tuple(reason.as_dict() for reason in r.reasons),
+            tuple(r.observed["mx"]["hosts"]) if "mx" in r.observed else None,
+        )
+        for r in reports
+    ]
+    try:
+        put_checks(config.results_db, results)
+    except ResultsError as exc:
+        # Checking still works; promote and the status page see older results.
+        print(f"policy-host check: results not stored: {exc}", file=sys.stderr)
 
 
 class _UsageError(Exception):

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig
 
 if TYPE_CHECKING:
@@ -31,7 +32,11 @@ def guard_step(
     from policy_host.promote.watch import run_guard
 
     mx_hosts = {r.domain: r.observed["mx"]["hosts"] for r in reports if "mx" in r.observed}
-    outcome = run_guard(config, tenants, mx_hosts, now)
+    try:
+        outcome = run_guard(config, tenants, mx_hosts, now)
+    except PolicyHostError as exc:
+        print(f"policy-host check: guard: {exc}", file=sys.stderr)
+        return {"alerts": [], "stepped_down": [], "errors": [str(exc)], "apply": None}
     applied: dict[str, Any] | None = None
     if outcome.stepped_down and apply:
         from policy_host.publish.apply import run
