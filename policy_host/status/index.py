@@ -135,12 +135,14 @@ class IndexCache:
 
     def rows(self) -> list[Row]:
         c = self.config
-        key = _signature([c.state_db, c.results_db, c.reports_db])
+        paths = [c.state_db, c.results_db, c.reports_db]
         now = self.clock()
         with self._lock:
-            if key != self._key or now - self._built > self.ttl:
+            if _signature(paths) != self._key or now - self._built > self.ttl:
                 self._rows = build_rows(c, now)
-                self._key, self._built = key, now
+                # Taken after reading: the last reader closing a WAL database
+                # checkpoints it, which changes the files without new data.
+                self._key, self._built = _signature(paths), now
             return self._rows
 
 
