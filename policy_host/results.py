@@ -1,7 +1,9 @@
 """The latest `check` and `certs` results, and promotion and guard events.
 
-SQLite in ``state_dir`` (``results.sqlite3``, WAL mode). `check` and `certs`
-write here so that `promote`, the guard and the status page read what was
+SQLite in ``state_dir``: ``results.sqlite3`` (WAL mode) for check results
+and events, and a table in `certs`' own ``certs.sqlite3`` for certificate
+expiry (certs runs as root; the service user owns the rest). `check` and
+`certs` write there so that `promote`, the guard and the status page read what was
 found instead of asking DNS again; the events keep every promotion, step
 down and guard alert with its evidence, so "why is this customer in
 testing?" has an answer months later.
@@ -37,11 +39,6 @@ SCHEMA = (
     mx_hosts TEXT
 )""",
     "CREATE INDEX IF NOT EXISTS check_result_status ON check_result (status, domain)",
-    """CREATE TABLE IF NOT EXISTS cert_result (
-    host TEXT PRIMARY KEY,
-    checked REAL NOT NULL,
-    not_after REAL
-)""",
     """CREATE TABLE IF NOT EXISTS event (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     domain TEXT NOT NULL,
@@ -51,6 +48,15 @@ SCHEMA = (
     evidence TEXT NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS event_domain ON event (domain, seq)",
+)
+# In `certs`' own database (``ProviderConfig.certs_db``): certs runs as root
+# and keeps its files apart from the service user's.
+CERT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS cert_result (
+    host TEXT PRIMARY KEY,
+    checked REAL NOT NULL,
+    not_after REAL
+)""",
 )
 
 
@@ -84,19 +90,22 @@ class Event:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, schema: Sequence[str], wal: bool) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    for statement in SCHEMA:
+    if wal:
+        conn.execute("PRAGMA journal_mode=WAL")
+    for statement in schema:
         conn.execute(statement)
     return conn
 
 
 @contextlib.contextmanager
-def _writing(path: Path) -> Iterator[sqlite3.Connection]:
+def _writing(
+    path: Path, schema: Sequence[str] = SCHEMA, wal: bool = True
+) -> Iterator[sqlite3.Connection]:
     try:
-        conn = _connect(path)
+        conn = _connect(path, schema, wal)
     except sqlite3.Error as exc:
         raise ResultsError(f"{path}: cannot open the results store: {exc}") from exc
     try:
@@ -152,8 +161,9 @@ def put_checks(path: Path, results: Iterable[CheckResult]) -> int:
 
 
 def put_certs(path: Path, expiry: Mapping[str, float | None], now: float) -> None:
-    """Store each policy name's certificate expiry (None: no valid one)."""
-    with _writing(path) as conn:
+    """Store each policy name's certificate expiry (None: no valid one) in
+    `certs`' database, in its journal mode (no WAL files of root's)."""
+    with _writing(path, CERT_SCHEMA, wal=False) as conn:
         conn.executemany(
             "INSERT OR REPLACE INTO cert_result VALUES (?, ?, ?)",
             [(host, now, not_after) for host, not_after in expiry.items()],
@@ -205,6 +215,10 @@ def read_certs(path: Path) -> dict[str, float | None]:
     """The last known certificate expiry per policy name."""
     with _reading(path) as conn:
         if conn is None:
+            return {}
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cert_result'"
+        ).fetchone():
             return {}
         return dict(conn.execute("SELECT host, not_after FROM cert_result").fetchall())
 

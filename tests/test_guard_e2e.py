@@ -20,7 +20,7 @@ from test_e2e import _handshakes, ok, sender
 from test_stack_certs import require_stack
 
 from policy_host.read.config import ProviderConfig, load_config
-from policy_host.results import GUARD_ALERT, STEPPED_DOWN, read_events
+from policy_host.results import GUARD_ALERT, STEPPED_DOWN, read_certs, read_events
 from policy_host.state import published_ids
 
 # The policy still lists the old MX; the customer's zone has the new one.
@@ -65,6 +65,10 @@ def test_a_guard_step_down_is_seen_by_a_real_sender_within_one_check(
     before = moved_file.read_text()
     ok(world.policy_host("apply"))
     ok(world.policy_host("certs"))
+    # certs keeps each policy name's expiry for promote and the status page.
+    expiry = read_certs(config.certs_db)
+    assert set(expiry) == {f"mta-sts.{c.domain}" for c in (MOVED, KEPT, FINE)}
+    assert all(t is not None and t > time.time() + 86_400 for t in expiry.values())
     assert world.pebble is not None
     root = world.pebble.issuing_root()
     wait_until(

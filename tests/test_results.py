@@ -57,3 +57,17 @@ def test_cert_expiry_and_events_kept(tmp_path: Path) -> None:
     assert [e.kind for e in events] == [PROMOTED, GUARD_ALERT]
     assert events[1].evidence == {"mx": ["x"]}
     assert latest_event_per_domain(db)["a.example"].kind == PROMOTED
+
+
+def test_certs_expiry_lives_in_certs_database_without_wal(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "certs.sqlite3"
+    sqlite3.connect(db).execute("CREATE TABLE attempts (host TEXT)").connection.close()
+    assert read_certs(db) == {}  # certs ran, no expiry stored yet
+    put_certs(db, {"mta-sts.a.example": 2e9}, now=1.0)
+    assert read_certs(db) == {"mta-sts.a.example": 2e9}
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["certs.sqlite3"]

@@ -137,7 +137,7 @@ class CertsRun:
 
     @property
     def db_path(self) -> Path:
-        return self.config.state_dir / "certs.sqlite3"
+        return self.config.certs_db
 
     def valid(self, host: str, now: float) -> Outcome | None:
         cert = read_certificate(self.config, host)
@@ -262,7 +262,7 @@ def _store_expiry(config: ProviderConfig, domains: Iterable[str], now: float) ->
         cert = read_certificate(config, host)
         valid = cert is not None and host in cert.names
         expiry[host] = cert.not_after if cert is not None and valid else None
-    put_certs(config.results_db, expiry, now)
+    put_certs(config.certs_db, expiry, now)
 
 
 def run_certs(

@@ -125,7 +125,7 @@ def assess(config: ProviderConfig, tenants: Sequence[Tenant], now: float) -> lis
     """Readiness for each tenant, from the stores; tenant overrides applied."""
     published = published_policies(config.state_db)
     checks = read_checks(config.results_db, [t.domain for t in tenants])
-    certs = read_certs(config.results_db)
+    certs = read_certs(config.certs_db)
     settings = {t.domain: settings_for(config, t) for t in tenants}
     by_days: dict[int, list[str]] = {}
     for t in tenants:

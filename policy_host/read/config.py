@@ -188,6 +188,11 @@ class ProviderConfig:
         return self.state_dir / "results.sqlite3"
 
     @property
+    def certs_db(self) -> Path:
+        """`certs`' own database: order attempts and certificate expiry."""
+        return self.state_dir / "certs.sqlite3"
+
+    @property
     def reports_db(self) -> Path:
         """The TLS report store (``reports.store``): SQLite in WAL mode."""
         return self.state_dir / "reports.sqlite3"

@@ -61,7 +61,7 @@ def policy_of(body: bytes) -> Policy | None:
 def build_rows(config: ProviderConfig, now: float) -> list[Row]:
     records = read_records(config.state_db)
     checks = read_checks(config.results_db)
-    certs = read_certs(config.results_db)
+    certs = read_certs(config.certs_db)
     events = latest_event_per_domain(config.results_db)
     testing: list[Tenant] = []
     policies: dict[str, Policy] = {}

@@ -151,7 +151,7 @@ def provider_with_evidence(tmp_path: Path, *, auto: bool = False) -> ProviderCon
         ],
     )
     put_certs(
-        config.results_db,
+        config.certs_db,
         {
             "mta-sts.ready.example": now + 60 * DAY,
             "mta-sts.young.example": now + 60 * DAY,
