@@ -26,7 +26,7 @@ from support.procs import require_binary
 from support.tls import TestCA, make_ca
 
 from policy_host.certs.attempts import AttemptLog
-from policy_host.certs.certificate import certs_db, has_valid_certificate
+from policy_host.certs.certificate import has_valid_certificate
 from policy_host.cli.apply import print_report
 from policy_host.publish.apply import run
 from policy_host.publish.environment import certificate_check
@@ -143,7 +143,7 @@ def test_an_unreadable_certificate_falls_back_to_what_certs_recorded(
     (live / "privkey.pem").write_text("key")
     now = 1_000_000.0
     assert not has_valid_certificate(config, host, now)
-    log = AttemptLog(certs_db(config))
+    log = AttemptLog(config.certs_db)
     try:
         log.certificate(host, now + DAY)
     finally:

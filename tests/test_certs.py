@@ -21,7 +21,6 @@ from support.procs import require_binary
 from support.tls import TestCA, make_ca
 
 from policy_host.certs.attempts import AttemptLog, recorded_until
-from policy_host.certs.certificate import certs_db
 from policy_host.certs.precheck import caa_problem, host_problem
 from policy_host.certs.run import certbot_command, run_certs
 from policy_host.check.dnsclient import DnsClient
@@ -303,7 +302,7 @@ def test_acme_ca_bundle_reaches_certbot_as_requests_ca_bundle(
     assert certbot.orders() == ["mta-sts.good.example"]
     [env] = certbot.envs
     # What apply reads when it cannot read certbot's files itself.
-    assert (recorded_until(certs_db(config), "mta-sts.good.example") or 0) > time.time()
+    assert (recorded_until(config.certs_db, "mta-sts.good.example") or 0) > time.time()
     assert env is not None and env["REQUESTS_CA_BUNDLE"] == str(bundle)
     assert env["PATH"] == os.environ["PATH"]  # certbot still finds its helpers
 

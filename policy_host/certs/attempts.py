@@ -98,6 +98,24 @@ class AttemptLog:
                 )
 
 
+def recorded_certificates(path: Path) -> dict[str, float]:
+    """Every policy name with a valid certificate when ``certs`` last ran,
+    and until when (read-only; a name not listed has none)."""
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute("SELECT host, not_after FROM certificates").fetchall()
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise PolicyHostError(f"{path}: cannot read what certs recorded: {exc}") from None
+    return {host: float(not_after) for host, not_after in rows}
+
+
 def recorded_until(path: Path, host: str) -> float | None:
     """Until when the certificate ``certs`` last found valid for ``host``
     runs, from the file at ``path`` (read-only; None: none recorded)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 
@@ -53,11 +52,6 @@ def valid_certificate(config: ProviderConfig, host: str, now: float) -> Certific
     return cert
 
 
-def certs_db(config: ProviderConfig) -> Path:
-    """``certs``' own SQLite file (``attempts``)."""
-    return config.state_dir / "certs.sqlite3"
-
-
 def has_valid_certificate(config: ProviderConfig, host: str, now: float) -> bool:
     """Whether ``host`` has a valid certificate at ``now``: read from
     certbot's files when this user may read them, otherwise what `certs`
@@ -65,7 +59,7 @@ def has_valid_certificate(config: ProviderConfig, host: str, now: float) -> bool
     try:
         return valid_certificate(config, host, now) is not None
     except (PermissionError, CertsError):
-        until = recorded_until(certs_db(config), host)
+        until = recorded_until(config.certs_db, host)
         return until is not None and until > now
 
 

@@ -41,7 +41,6 @@ from policy_host.certs.attempts import HOUR, AttemptLog, attempt_log
 from policy_host.certs.certificate import (
     CertsError,
     certificates_on_disk,
-    certs_db,
     valid_certificate,
 )
 from policy_host.certs.nginxconf import hosted_domains, policy_host_name, report, sync
@@ -152,7 +151,7 @@ class CertsRun:
 
     @property
     def db_path(self) -> Path:
-        return certs_db(self.config)
+        return self.config.certs_db
 
     def valid(self, host: str, now: float, attempts: AttemptLog) -> Outcome | None:
         cert = valid_certificate(self.config, host, now)
@@ -279,6 +278,18 @@ def _domain_args(values: Sequence[str]) -> list[str]:
     return domains
 
 
+def _store_expiry(
+    config: ProviderConfig, domains: Iterable[str], now: float, attempts: AttemptLog
+) -> None:
+    """Keep each policy name's valid certificate's expiry (after this run's
+    orders) for `apply`, `promote` and the status page, which run as the
+    service user and cannot read certbot's files."""
+    for domain in domains:
+        host = policy_host_name(domain)
+        cert = valid_certificate(config, host, now)
+        attempts.certificate(host, cert.not_after if cert is not None else None)
+
+
 def run_certs(
     config: ProviderConfig,
     *,
@@ -312,6 +323,8 @@ def run_certs(
             stack.enter_context(locked(config.state_dir / "certs.lock", write_pid=True))
         attempts = stack.enter_context(attempt_log(run_.db_path, dry_run))
         outcomes = run_.obtain(wanted, attempts)
+        if not dry_run:
+            _store_expiry(config, wanted, clock(), attempts)
         for outcome in outcomes:
             print(outcome, file=stream)
         nginx = sync(config, runner=runner, domains=hosted, dry_run=dry_run, reload=reload_nginx)

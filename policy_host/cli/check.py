@@ -14,8 +14,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from policy_host.cli.guard import format_guard, guard_step
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Progress
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig, parse_server
@@ -37,7 +38,8 @@ has one valid TLS-RPT record; no CAA record forbids the certificate authority. W
 
 EPILOG = """\
 Exit status: 0 no tenant failed (warnings are shown but pass unless --strict);
-1 a tenant failed; 2 usage or provider-config error. Every reason has a stable code
+1 a tenant failed or the guard raised an alert (MX drift of an enforce tenant, a
+rise of failures to one MX); 2 usage or provider-config error. Every reason has a stable code
 (see README, or --json).
 """
 
@@ -128,6 +130,12 @@ def register(
     p.add_argument(
         "--problems", action="store_true", help="list only tenants with warnings or failures"
     )
+    p.add_argument(
+        "--no-apply",
+        action="store_true",
+        help="after a guard step down (promote.step_down), leave 'policy-host apply' to the "
+        "apply timer instead of running it at once",
+    )
     p.set_defaults(handler=cmd_check)
 
 
@@ -178,10 +186,35 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     elapsed = time.monotonic() - started
     reports += [invalid_tenant_report(d, s) for d, s in broken.items()]
     reports.sort(key=lambda r: r.domain)
-    counts = _show(args, config, reports, servers, elapsed, client.queries)
-    if counts["fail"] or (args.strict and counts["warn"]):
+    now = time.time()
+    _store_results(config, reports, now)
+    guard = guard_step(config, tenants, reports, now, apply=not args.no_apply)
+    counts = _show(args, config, reports, servers, elapsed, client.queries, guard)
+    if counts["fail"] or (args.strict and counts["warn"]) or guard["alerts"] or guard["errors"]:
         return EXIT_PROBLEMS
     return EXIT_OK
+
+
+def _store_results(config: ProviderConfig, reports: Sequence[TenantReport], now: float) -> None:
+    """Keep each tenant's result for `promote`, the guard and the status page."""
+    from policy_host.results import CheckResult, ResultsError, put_checks
+
+    results = [
+        CheckResult(
+            r.domain,
+            now,
+            r.status,
+            r.mode,
+            tuple(reason.as_dict() for reason in r.reasons),
+            tuple(r.observed["mx"]["hosts"]) if "mx" in r.observed else None,
+        )
+        for r in reports
+    ]
+    try:
+        put_checks(config.results_db, results)
+    except ResultsError as exc:
+        # Checking still works; promote and the status page see older results.
+        print(f"policy-host check: results not stored: {exc}", file=sys.stderr)
 
 
 class _UsageError(Exception):
@@ -236,6 +269,7 @@ def _show(
     servers: Sequence[tuple[str, int]],
     elapsed: float,
     queries: int,
+    guard: dict[str, Any],
 ) -> dict[str, int]:
     """The table or the JSON, and the summary line; the count per status."""
     resolver = ", ".join(f"{a}:{p}" for a, p in servers)
@@ -250,6 +284,7 @@ def _show(
                 "queries": queries,
                 "summary": {"tenants": len(reports), **counts},
                 "tenants": [r.as_dict() for r in reports],
+                "guard": guard,
             },
             sys.stdout,
             indent=2,
@@ -258,6 +293,7 @@ def _show(
     else:
         shown = [r for r in reports if r.status != "ok"] if args.problems else reports
         sys.stdout.write(format_table(shown, verbose=args.verbose))
+        sys.stdout.write(format_guard(guard))
     print(
         f"checked {len(reports)} tenants in {elapsed:.1f} s through {resolver}: "
         f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail",

@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     from policy_host.cli import reports as reportscmd  # TLS reports: ingest and summaries
 
     reportscmd.register(sub, common)
+
+    from policy_host.cli import promote as promotecmd  # promote: testing -> enforce on evidence
+
+    promotecmd.register(sub, common)
+
+    from policy_host.cli import status as statuscmd  # status: the staff page, read-only
+
+    statuscmd.register(sub, common)
     return parser
 
 

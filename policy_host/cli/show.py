@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, print_problems
 from policy_host.errors import Problem
@@ -24,6 +25,9 @@ from policy_host.model import (
     hostname,
 )
 from policy_host.read.config import ProviderConfig
+
+if TYPE_CHECKING:
+    from policy_host.results import Event
 
 # TTL suggested for the records the customer adds.
 CUSTOMER_TTL = 3600
@@ -130,6 +134,7 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
                 "provider_txt_name": txt_name,
                 "tlsrpt": ways,
                 "problems": [p.as_dict() for p in problems],
+                "events": [_event_dict(e) for e in mode_events(config, domain)],
             },
             sys.stdout,
             indent=2,
@@ -160,5 +165,22 @@ def cmd_show(args: argparse.Namespace, config: ProviderConfig) -> int:
         print(f"; 'policy-host apply'; wait max_age ({tenant.policy.max_age} s) so no sender")
         print("; still caches a policy without it; then change the MX records; then drop the")
         print("; old entry and apply again (apply warns whenever an mx entry is dropped).")
+    for event in mode_events(config, domain)[:1]:
+        # Whatever is served must be explainable from the tenant file and the state.
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(event.at))
+        print()
+        print(f"; {event.kind} at {when}: {event.message}")
+        print("; (policy-host promote and the check guard keep every such event with its evidence)")
     _print_tlsrpt(ways, config)
     return EXIT_PROBLEMS if any(p.is_error for p in problems) else EXIT_OK
+
+
+def mode_events(config: ProviderConfig, domain: str) -> list[Event]:
+    """Promotions and step downs of ``domain``, newest first."""
+    from policy_host.results import PROMOTED, STEPPED_DOWN, read_events
+
+    return [e for e in read_events(config.results_db, domain) if e.kind in (PROMOTED, STEPPED_DOWN)]
+
+
+def _event_dict(event: Event) -> dict[str, object]:
+    return {"at": event.at, "kind": event.kind, "message": event.message}

@@ -8,11 +8,13 @@ config file's folder, so an example tree can be run from anywhere.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from policy_host.errors import ConfigError, Problem
 from policy_host.model import MAX_AGE_LIMIT, InvalidValue, hostname
+from policy_host.read.promotion import KEYS as PROMOTE_KEYS
+from policy_host.read.promotion import PromoteSettings, read_settings
 from policy_host.read.schema import Fields
 from policy_host.read.yamlfile import parse_mapping, read_limited
 
@@ -187,6 +189,17 @@ class ProviderConfig:
     acme: AcmeSettings = AcmeSettings()
     nginx: NginxSettings = NginxSettings()
     tlsrpt: TlsrptSettings = TlsrptSettings()
+    promote: PromoteSettings = field(default_factory=PromoteSettings)
+
+    @property
+    def results_db(self) -> Path:
+        """The latest `check` and `certs` results, and promotion and guard events."""
+        return self.state_dir / "results.sqlite3"
+
+    @property
+    def certs_db(self) -> Path:
+        """`certs`' own database: order attempts and certificate expiry."""
+        return self.state_dir / "certs.sqlite3"
 
     @property
     def reports_db(self) -> Path:
@@ -301,6 +314,7 @@ def load_config(path: Path) -> ProviderConfig:
             "acme",
             "nginx",
             "tlsrpt",
+            "promote",
         ),
         problems,
     )
@@ -345,6 +359,7 @@ def load_config(path: Path) -> ProviderConfig:
     acme = _acme_settings(fields.mapping("acme", _ACME_KEYS), base, "acme" in fields.entries)
     nginx = _nginx_settings(fields.mapping("nginx", _NGINX_KEYS), base)
     tlsrpt = _tlsrpt_settings(fields.mapping("tlsrpt", _TLSRPT_KEYS))
+    promote = read_settings(fields.mapping("promote", PROMOTE_KEYS), PromoteSettings())
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
     assert dns is not None and apply is not None and check is not None
@@ -362,6 +377,7 @@ def load_config(path: Path) -> ProviderConfig:
         acme=acme,
         nginx=nginx,
         tlsrpt=tlsrpt,
+        promote=promote,
     )
 
 

@@ -25,13 +25,15 @@ from policy_host.model import (
     mx_pattern,
 )
 from policy_host.read.config import ProviderConfig
+from policy_host.read.promotion import KEYS as PROMOTE_KEYS
+from policy_host.read.promotion import PromoteSettings, read_settings
 from policy_host.read.scan import SUFFIX
 from policy_host.read.schema import Fields
 from policy_host.read.yamlfile import parse_mapping
 from policy_host.render import render
 
 MAX_TENANT_BYTES = 256 * 1024
-KEYS = ("mode", "mx", "max_age", "domain", "note", "tlsrpt_rua")
+KEYS = ("mode", "mx", "max_age", "domain", "note", "tlsrpt_rua", "promote")
 
 
 def domain_from_filename(path: Path, config: ProviderConfig, problems: list[Problem]) -> str | None:
@@ -140,6 +142,8 @@ def parse_tenant_body(
                 "is recommended for enforce",
             )
 
+    # Per-tenant promotion overrides: checked here, read by `promote`.
+    read_settings(f.mapping("promote", PROMOTE_KEYS), PromoteSettings())
     note = f.text("note")
     rua: list[str] = []
     for text, line in f.text_list("tlsrpt_rua", allow_single=True) or []:

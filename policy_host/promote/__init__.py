@@ -1,0 +1,1 @@
+"""Promotion from testing to enforce, and the guard against MX drift."""
