@@ -64,8 +64,9 @@ def test_a_guard_step_down_is_seen_by_a_real_sender_within_one_check(
     kept_file.write_text(KEPT.tenant_yaml() + OPT_OUT)
     moved_file = world.tenants_dir / "moved.example.yaml"
     before = moved_file.read_text()
-    ok(world.policy_host("apply"))
+    # Certificates first: apply holds a new tenant's id until its name has one.
     ok(world.policy_host("certs"))
+    ok(world.policy_host("apply"))
     # certs keeps each policy name's expiry for promote and the status page.
     expiry = recorded_certificates(config.certs_db)
     assert set(expiry) == {f"mta-sts.{c.domain}" for c in (MOVED, KEPT, FINE)}
