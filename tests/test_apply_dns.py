@@ -33,7 +33,7 @@ from support.applyenv import (
 from support.dnsservers import DnsWorld, TsigKey
 
 from policy_host.cli.main import main
-from policy_host.publish import apply as apply_mod
+from policy_host.publish import steps as apply_steps
 from policy_host.publish.apply import Report, apply_lock, run
 from policy_host.publish.environment import Environment
 from policy_host.publish.update import TsigKey as PublishKey
@@ -632,7 +632,7 @@ def test_without_a_primary_apply_serves_and_zone_lists_the_ids(
 
 
 def test_steps_are_the_documented_ones() -> None:
-    assert (*RUN_STEPS, "unserve", "tlsrpt") == apply_mod.STEPS
+    assert (*RUN_STEPS, "unserve", "tlsrpt") == apply_steps.STEPS
 
 
 def test_show_gives_the_published_id_and_the_safe_mx_migration(

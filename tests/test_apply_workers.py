@@ -26,8 +26,9 @@ from support.dnsservers import DnsWorld
 from support.procs import LOOPBACK, Daemon, free_port, port_open
 
 from policy_host.fetch import fetch_app
-from policy_host.publish.apply import VERIFY, run
+from policy_host.publish.apply import run
 from policy_host.publish.environment import real_environment
+from policy_host.publish.steps import VERIFY
 from policy_host.publish.workers import parse_state
 from policy_host.serve.web import SNAPSHOT_PATH
 

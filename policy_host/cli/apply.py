@@ -66,8 +66,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
-    from policy_host.publish.apply import VALIDATE, run
+    from policy_host.publish.apply import run
     from policy_host.publish.environment import real_environment
+    from policy_host.publish.steps import VALIDATE
 
     env = real_environment(config)
     progress = Progress(sys.stderr, PROGRESS_FROM if not args.json else 0)

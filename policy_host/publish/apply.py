@@ -22,28 +22,38 @@ crash) is completed by the next one.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError, Problem
 from policy_host.fileio import LockHeld, locked
-from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
+from policy_host.publish.steps import (
+    COMMIT,
+    CONFIRM,
+    PLAN,
+    PUBLISH,
+    RECORD,
+    RELOAD,
+    TLSRPT,
+    UNSERVE,
+    VALIDATE,
+    VERIFY,
+    ApplyError,
+)
 from policy_host.publish.tlsrpt import TlsrptChange, plan_tlsrpt
 from policy_host.publish.update import (
     PublishError,
     TxtChange,
     build_update,
     record_name,
-    shows,
     update_text,
 )
-from policy_host.publish.workers import WorkerTally
+from policy_host.publish.verify import confirm_txt, verify_upstreams, verify_workers
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
@@ -61,44 +71,9 @@ from policy_host.state import (
 
 log = logging.getLogger(__name__)
 
-# Steps, in order; a failure names the one that stopped the run.
-VALIDATE = "validate"
-PLAN = "plan"
-RECORD = "record"
-RELOAD = "reload"
-VERIFY = "verify"
-PUBLISH = "publish"
-CONFIRM = "confirm"
-COMMIT = "commit"
-UNSERVE = "unserve"
-# Hosted TLS-RPT records (``tlsrpt``), after the ids.
-TLSRPT = "tlsrpt"
-STEPS = (VALIDATE, PLAN, RECORD, RELOAD, VERIFY, PUBLISH, CONFIRM, COMMIT, UNSERVE, TLSRPT)
-
 # TXT changes per UPDATE message: well inside the 64 KiB DNS message limit.
 BATCH_SIZE = 200
-# Seconds between verification rounds.
-POLL_INTERVAL = 0.1
 LOCK_NAME = "apply.lock"
-# Requests per worker in each round of asking the app's workers.
-ASKS_PER_WORKER = 3
-
-
-class ApplyError(PolicyHostError):
-    """A run stopped: which step, for which tenants, and why."""
-
-    def __init__(self, step: str, domains: Sequence[str], reason: str) -> None:
-        self.step = step
-        self.domains = list(domains)
-        self.reason = reason
-        shown = ", ".join(self.domains[:5])
-        if len(self.domains) > 5:
-            shown += f" and {len(self.domains) - 5} more"
-        who = f" for {shown}" if shown else ""
-        super().__init__(f"apply stopped at step '{step}'{who}: {reason}")
-
-    def as_dict(self) -> dict[str, object]:
-        return {"step": self.step, "domains": self.domains, "message": self.reason}
 
 
 @dataclass
@@ -321,7 +296,7 @@ def _publish_tlsrpt(
                 env.dns.send(update)
         except PublishError as exc:
             raise ApplyError(TLSRPT, domains, str(exc)) from None
-        _confirm(config, env, {c.name: (c.domain, c.value) for c in changes}, TLSRPT)
+        confirm_txt(config, env, {c.name: (c.domain, c.value) for c in changes}, TLSRPT)
     store.set_tlsrpt({c.domain: c.value for c in changes})
     _done(env, report, TLSRPT)
 
@@ -374,8 +349,8 @@ def _execute(
         report.reload = True
         reloaded = time.monotonic()
         _done(env, report, RELOAD)
-        _verify(config, env, {**changed, **serves})
-        _verify_workers(config, env, sorted({*changed, *serves}))
+        verify_upstreams(config, env, {**changed, **serves})
+        verify_workers(config, env, sorted({*changed, *serves}))
         settled = reloaded + env.settle - time.monotonic()
         if settled > 0:
             env.sleep(settled)
@@ -399,7 +374,9 @@ def _execute(
                 raise ApplyError(PUBLISH, [c.domain for c in batch], str(exc)) from None
         store.mark(domains, PUBLISHED, env.clock())
         _done(env, report, PUBLISH)
-        _confirm(config, env, {record_name(config, c.domain): (c.domain, c.txt) for c in changes})
+        confirm_txt(
+            config, env, {record_name(config, c.domain): (c.domain, c.txt) for c in changes}
+        )
         _done(env, report, CONFIRM)
     store.commit(domains, env.clock(), confirmed=env.dns is not None)
     _done(env, report, COMMIT)
@@ -408,7 +385,7 @@ def _execute(
         # The TXT is gone: now stop serving the withdrawal policy.
         gone: ChangedDomains = {c.domain: None for c in plan.deletes}
         changed = _reload(env, result, True, list(gone))
-        _verify(config, env, {**(changed or {}), **gone})
+        verify_upstreams(config, env, {**(changed or {}), **gone})
         _done(env, report, UNSERVE)
 
 
@@ -419,120 +396,3 @@ def _reload(
         return env.reload(result, force)
     except PolicyHostError as exc:
         raise ApplyError(RELOAD, domains, str(exc)) from None
-
-
-def _describe(upstream: str, status: int, body: bytes, expected: bytes | None) -> str:
-    if status == 200:
-        return f"{upstream} still serves other bytes ({len(body)} bytes, not the new policy)"
-    if expected is None:
-        return f"{upstream} still answers {status} (expected 404)"
-    return f"{upstream} answers HTTP {status}"
-
-
-def _verify(config: ProviderConfig, env: Environment, want: Mapping[str, bytes | None]) -> None:
-    """Poll every upstream until each domain's answer is the wanted one
-    (bytes: 200 with exactly these bytes; None: 404)."""
-    todo = {(domain, up): body for domain, body in want.items() for up in config.upstreams}
-    total = len(todo)
-    last: dict[tuple[str, str], str] = {}
-    deadline = time.monotonic() + config.apply.verify_timeout
-    while True:
-        for (domain, upstream), body in list(todo.items()):
-            try:
-                status, got = env.fetch(upstream, POLICY_HOST_PREFIX + domain)
-            except (OSError, http.client.HTTPException) as exc:
-                last[domain, upstream] = f"{upstream}: {exc}"
-                continue
-            if (status == 200 and got == body) or (body is None and status == 404):
-                del todo[domain, upstream]
-            else:
-                last[domain, upstream] = _describe(upstream, status, got, body)
-        env.progress(VERIFY, total - len(todo), total)
-        if not todo:
-            return
-        if time.monotonic() >= deadline:
-            failed = sorted({domain for domain, _ in todo})
-            reason = last.get(next(iter(todo)), "no answer")
-            raise ApplyError(
-                VERIFY,
-                failed,
-                f"{reason} after {config.apply.verify_timeout:g} s; nothing was published",
-            )
-        env.sleep(POLL_INTERVAL)
-
-
-def _verify_workers(config: ProviderConfig, env: Environment, domains: list[str]) -> None:
-    """Ask the app's workers directly until every one holds the snapshot
-    the reload wrote (``publish.workers``): nginx serves the policy files by
-    itself, so the upstreams say nothing of a worker that could not load
-    it, and a sender whose request nginx passes on may reach that worker."""
-    if env.workers is None:
-        return
-    want = env.workers.want()
-    if want is None:
-        return
-    tally = WorkerTally(want)
-    deadline = time.monotonic() + config.apply.verify_timeout
-    problem: str | None = "no worker answered"
-    while True:
-        # A new connection per request: any worker may take it, so a few
-        # per worker reach each of them.
-        known = max((s.workers for s in tally.latest.values()), default=config.serve.workers)
-        for _ in range(ASKS_PER_WORKER * max(known, 1)):
-            try:
-                state = env.workers.ask()
-            except (OSError, http.client.HTTPException) as exc:
-                problem = f"the app at {config.serve.bind}: {exc}"
-                continue
-            if state is not None:
-                tally.add(state)
-        problem = tally.problem() if tally.latest else problem
-        if problem is None:
-            return
-        if time.monotonic() >= deadline:
-            raise ApplyError(
-                VERIFY,
-                domains,
-                f"the app behind the upstreams ({config.serve.bind}): {problem} after "
-                f"{config.apply.verify_timeout:g} s; nothing was published",
-            )
-        env.sleep(POLL_INTERVAL)
-
-
-def _confirm(
-    config: ProviderConfig,
-    env: Environment,
-    wanted: Mapping[str, tuple[str, bytes | None]],
-    step: str = CONFIRM,
-) -> None:
-    """Read every changed TXT back from the primary until it shows the change
-    (``wanted``: name -> (domain, value, None for deleted))."""
-    assert env.dns is not None
-    todo = dict(wanted)
-    total = len(todo)
-    last: dict[str, str] = {}
-    deadline = time.monotonic() + config.dns.timeout
-    while True:
-        for name, (_, value) in list(todo.items()):
-            try:
-                values = env.dns.txt(name)
-            except PublishError as exc:
-                last[name] = str(exc)
-                continue
-            if shows(values, value):
-                del todo[name]
-            else:
-                seen = b" | ".join(values).decode("ascii", "replace") or "no TXT record"
-                last[name] = f"the primary answers {seen!r} for {name}"
-        env.progress(step, total - len(todo), total)
-        if not todo:
-            return
-        if time.monotonic() >= deadline:
-            name, (_, value) = next(iter(todo.items()))
-            expected = repr(value.decode("ascii")) if value else "no TXT record"
-            raise ApplyError(
-                step,
-                sorted(domain for domain, _ in todo.values()),
-                f"{last.get(name, 'no answer')}; expected {expected}",
-            )
-        env.sleep(POLL_INTERVAL)
