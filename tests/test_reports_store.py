@@ -11,7 +11,7 @@ from support.reportenv import CORPUS, ingest_paths, make_ingester, report_tree
 
 from policy_host import state
 from policy_host.render import fingerprint
-from policy_host.reports.model import PolicyResult
+from policy_host.reports.model import HTTPS, MAIL, Envelope, FailureDetail, PolicyResult, Report
 from policy_host.reports.policies import (
     CURRENT,
     NEVER_SERVED,
@@ -21,7 +21,16 @@ from policy_host.reports.policies import (
     UNTRACKED,
     ServedHistory,
 )
-from policy_host.reports.store import SCHEMA_VERSION, Store, StoreError
+from policy_host.reports.store import (
+    DUPLICATE,
+    REFUSED,
+    SCHEMA_VERSION,
+    STORED,
+    Received,
+    Store,
+    StoreError,
+    Tie,
+)
 
 DAY = 86_400.0
 
@@ -157,6 +166,7 @@ def test_migrating_from_version_1_fills_the_daily_totals(tmp_path: Path) -> None
         ingest_paths(make_ingester(config, store), sorted(CORPUS.iterdir()))
         store.conn.execute("DROP TABLE daily")
         store.conn.execute("DROP TABLE daily_failure")
+        store.conn.execute("ALTER TABLE report DROP COLUMN digest")
         store.conn.execute("PRAGMA user_version=1")
     with Store(config.reports_db) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
@@ -235,3 +245,63 @@ def test_an_older_state_reads_and_migrates_its_history_alike(tmp_path: Path) -> 
         pass
     after = sorted(state.served_versions(path), key=lambda v: v.policy_id)
     assert after == before
+
+
+# -- copies under one organisation and report-id ----------------------------
+
+
+def _forgeable(success: int, failure: int) -> Report:
+    detail = FailureDetail("sts-policy-fetch-error", failure) if failure else None
+    policy = PolicyResult(
+        "sts", "example.com", ("version: STSv1",), ("mx1.example.com",), success, failure,
+        (detail,) if detail else (),
+    )  # fmt: skip
+    return Report("Google Inc.", "2026-01-01Z_example.com", None, T1, T1 + DAY, (policy,))
+
+
+def _add(store: Store, report: Report, envelope: Envelope) -> str:
+    tie = Tie(None, UNTRACKED)
+    with store.transaction() as conn:
+        return store.add_report(conn, Received(envelope, b"{}", T1 + DAY), report, [tie])
+
+
+def test_a_verified_copy_replaces_a_forged_unverified_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    forged, real = _forgeable(0, 1000), _forgeable(500, 3)
+    assert _add(store, forged, Envelope(HTTPS, origin="192.0.2.66")) == STORED
+    assert _add(store, real, Envelope(MAIL, verified=True, auth="dkim")) == STORED
+    conn = store.conn
+    assert conn.execute("SELECT verified, copies, channel FROM report").fetchall() == [(1, 2, MAIL)]
+    assert conn.execute("SELECT verified, success, failure FROM result").fetchall() == [(1, 500, 3)]
+    assert conn.execute("SELECT count FROM detail").fetchall() == [(3,)]
+    assert conn.execute(
+        "SELECT verified, reports, success, failure FROM daily WHERE reports != 0"
+    ).fetchall() == [(1, 1, 500, 3)]
+    _daily_matches_results(conn)
+    rows = conn.execute("SELECT channel, outcome, reason, report FROM raw ORDER BY id").fetchall()
+    assert rows[0][:2] == (HTTPS, REFUSED)
+    assert rows[0][2].startswith("replaced by a DKIM-verified copy") and rows[0][3] is None
+    assert rows[1] == (MAIL, STORED, "", 1)
+
+
+def test_a_verified_copy_with_the_same_content_marks_the_stored_one_verified(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    assert _add(store, _forgeable(500, 3), Envelope(HTTPS)) == STORED
+    assert _add(store, _forgeable(500, 3), Envelope(MAIL, verified=True)) == DUPLICATE
+    assert store.conn.execute("SELECT verified, copies FROM report").fetchone() == (1, 2)
+    _daily_matches_results(store.conn)
+
+
+def test_other_content_without_a_better_claim_changes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    assert _add(store, _forgeable(500, 3), Envelope(MAIL, verified=True)) == STORED
+    assert _add(store, _forgeable(0, 1000), Envelope(HTTPS)) == DUPLICATE
+    conn = store.conn
+    assert conn.execute("SELECT verified, success, failure FROM result").fetchall() == [(1, 500, 3)]
+    assert conn.execute("SELECT outcome FROM raw ORDER BY id").fetchall() == [
+        (STORED,),
+        (REFUSED,),
+    ]
+    _daily_matches_results(conn)
