@@ -3,6 +3,7 @@ to the policy version we served (from the apply state's history)."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from policy_host.reports.policies import (
 )
 from policy_host.reports.store import (
     DUPLICATE,
+    FOREIGN,
+    HEAD_BYTES,
     REFUSED,
     SCHEMA_VERSION,
     STORED,
@@ -167,6 +170,8 @@ def test_migrating_from_version_1_fills_the_daily_totals(tmp_path: Path) -> None
         store.conn.execute("DROP TABLE daily")
         store.conn.execute("DROP TABLE daily_failure")
         store.conn.execute("ALTER TABLE report DROP COLUMN digest")
+        for column in ("size", "sha256", "cut"):
+            store.conn.execute(f"ALTER TABLE raw DROP COLUMN {column}")
         store.conn.execute("PRAGMA user_version=1")
     with Store(config.reports_db) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
@@ -305,3 +310,27 @@ def test_other_content_without_a_better_claim_changes_nothing(tmp_path: Path) ->
         (REFUSED,),
     ]
     _daily_matches_results(conn)
+
+
+# -- what is kept of inputs that made no report -----------------------------
+
+
+def test_https_refusals_and_foreign_reports_keep_only_their_head(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    store = Store(config.reports_db)
+    ingester = make_ingester(config, store)
+    refused = b"{" + b" " * 20_000 + b"not json"
+    foreign = (CORPUS / "foreign.json").read_bytes() + b" " * 20_000
+    with store.transaction() as conn:
+        https = Envelope(HTTPS, origin="192.0.2.1")
+        assert ingester.report_body(conn, refused, https, labelled_gzip=False).outcome == REFUSED
+        assert ingester.report_body(conn, foreign, https, labelled_gzip=False).outcome == FOREIGN
+        mailed = Envelope(MAIL, origin="test")
+        assert ingester.report_body(conn, refused, mailed, labelled_gzip=False).outcome == REFUSED
+    rows = store.conn.execute("SELECT id, size, sha256, cut FROM raw ORDER BY id").fetchall()
+    for (raw_id, size, sha, cut), whole, kept_whole in zip(
+        rows, (refused, foreign, refused), (False, False, True), strict=True
+    ):
+        assert (size, sha) == (len(whole), hashlib.sha256(whole).hexdigest())
+        assert store.raw_body(raw_id) == (whole if kept_whole else whole[:HEAD_BYTES])
+        assert cut == (not kept_whole)

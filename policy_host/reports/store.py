@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError
-from policy_host.reports.model import Envelope, Report
+from policy_host.reports.model import HTTPS, Envelope, Report
 
 BUSY_TIMEOUT = 10.0
 
@@ -135,9 +135,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # The digest of a report's parsed content (``digest``), so that a copy
     # with the same organisation and report-id but other content is told
     # apart from a true duplicate. NULL for reports stored before.
-    ("ALTER TABLE report ADD COLUMN digest TEXT",),
+    # Size and SHA-256 of every input as received, and whether ``body``
+    # holds only its first ``HEAD_BYTES`` (``keeps_whole``).
+    (
+        "ALTER TABLE report ADD COLUMN digest TEXT",
+        "ALTER TABLE raw ADD COLUMN size INTEGER",
+        "ALTER TABLE raw ADD COLUMN sha256 TEXT",
+        "ALTER TABLE raw ADD COLUMN cut INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 DAY = 86_400
+# What is kept of an input that ``keeps_whole`` turns down.
+HEAD_BYTES = 4096
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -157,11 +166,25 @@ class Tie:
 
 @dataclass(frozen=True)
 class Received:
-    """One input as it arrived, before anything was made of it."""
+    """One input as it arrived, before anything was made of it. ``size``
+    and ``sha256`` are set when ``body`` is only the input's first bytes
+    (an input too large to read whole)."""
 
     envelope: Envelope
     body: bytes
     received: float
+    size: int | None = None
+    sha256: str = ""
+
+
+def keeps_whole(envelope: Envelope, outcome: str) -> bool:
+    """Whether an input's bytes are kept whole, or only their size, SHA-256
+    and first ``HEAD_BYTES``. Anyone may POST to the public endpoint and name
+    any domain, so what it refuses and reports for domains we do not host
+    could fill the disk: staff need only enough to see what it was."""
+    if outcome == FOREIGN:
+        return False
+    return not (outcome == REFUSED and envelope.channel == HTTPS)
 
 
 def digest(report: Report) -> str:
@@ -250,10 +273,16 @@ class Store:
         report_row: int | None = None,
     ) -> int:
         env = item.envelope
-        body, packed = compress(item.body)
+        data = item.body
+        size = len(data) if item.size is None else item.size
+        sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
+        if not keeps_whole(env, outcome):
+            data = data[:HEAD_BYTES]
+        body, packed = compress(data)
         cursor = conn.execute(
             "INSERT INTO raw (received, channel, origin, verified, auth, outcome, reason, "
-            "domains, body, packed, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "domains, body, packed, report, size, sha256, cut) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 item.received,
                 env.channel,
@@ -266,6 +295,9 @@ class Store:
                 body,
                 int(packed),
                 report_row,
+                size,
+                sha256,
+                int(len(data) < size),
             ),
         )
         return int(cursor.lastrowid or 0)
@@ -490,7 +522,8 @@ class Store:
         return int(reports), int(raws)
 
     def raw_body(self, raw_id: int) -> bytes:
-        """An input's bytes exactly as they were received."""
+        """An input's bytes exactly as they were received (only the first
+        ``HEAD_BYTES`` of one whose ``cut`` is set)."""
         row = self.conn.execute("SELECT body, packed FROM raw WHERE id = ?", (raw_id,)).fetchone()
         if row is None:
             raise StoreError(f"no raw input {raw_id}")
