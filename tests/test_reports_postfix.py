@@ -152,8 +152,9 @@ class Mta:
 @pytest.fixture(scope="module")
 def mta() -> Iterator[Mta]:
     _require()
-    # The pipe runs as nobody (Postfix refuses root): a folder all can read,
-    # and a state folder it can write.
+    # The pipe runs as nobody (Postfix refuses root), standing for the
+    # service user: a folder all can read, and a state folder it owns
+    # (``reports`` runs only as the owner of state_dir).
     root = Path(tempfile.mkdtemp(prefix="ph-postfix-", dir="/tmp"))
     try:
         root.chmod(0o755)
@@ -164,6 +165,7 @@ def mta() -> Iterator[Mta]:
         config = load_config(config.path)
         config.state_dir.mkdir(mode=0o777)
         config.state_dir.chmod(0o777)
+        shutil.chown(config.state_dir, "nobody")
         keys_dir = root / "keys"
         keys_dir.mkdir()
         good, good_public = _rsa_key(keys_dir, "good")
