@@ -18,6 +18,7 @@ from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.web import create_app
 
 PATH = "/v1/report"
+HOST = "tlsrpt.provider.example"
 GZIP = "application/tlsrpt+gzip"
 JSON = "application/tlsrpt+json"
 
@@ -34,9 +35,11 @@ def client(config: ProviderConfig) -> FlaskClient:
     return app.test_client()
 
 
-def _post(client: FlaskClient, body: bytes, media_type: str = GZIP) -> tuple[int, str]:
+def _post(
+    client: FlaskClient, body: bytes, media_type: str = GZIP, host: str = HOST
+) -> tuple[int, str]:
     answer = client.post(
-        PATH, data=body, content_type=media_type, headers={"X-Real-IP": "192.0.2.9"}
+        PATH, data=body, content_type=media_type, headers={"X-Real-IP": "192.0.2.9", "Host": host}
     )
     return answer.status_code, answer.get_data(as_text=True).strip()
 
@@ -91,7 +94,7 @@ def test_store_unavailable_is_503(client: FlaskClient, config: ProviderConfig) -
 
 
 def test_only_post_reaches_the_report_path(client: FlaskClient) -> None:
-    assert client.get(PATH).status_code == 405
+    assert client.get(PATH, headers={"Host": HOST}).status_code == 405
     policy = client.get("/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.com"})
     assert policy.status_code == 200
     assert policy.data.startswith(b"version: STSv1\r\n")
@@ -109,3 +112,20 @@ def test_without_an_https_rua_there_is_no_report_route(tmp_path: Path) -> None:
     compile_snapshot(plain)
     app = create_app(snapshot_path=plain.snapshot_path, reports_config=plain)
     assert app.test_client().post(PATH, data=b"{}", content_type=JSON).status_code == 404
+
+
+@pytest.mark.parametrize("host", [HOST, "TLSRPT.Provider.Example.", f"{HOST}:443"])
+def test_the_report_host_takes_reports_in_any_spelling(client: FlaskClient, host: str) -> None:
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body, host=host) == (200, "stored")
+
+
+@pytest.mark.parametrize(
+    "host", ["mta-sts.example.com", "localhost", "tlsrpt.provider.example.evil"]
+)
+def test_reports_to_any_other_host_are_404_and_not_stored(
+    client: FlaskClient, config: ProviderConfig, host: str
+) -> None:
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body, host=host) == (404, "not found")
+    assert not config.reports_db.exists()

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import IO
 
@@ -41,6 +42,25 @@ MEDIA_TYPES = {
 REFRESH_SECONDS = 60.0
 
 
+def endpoint_key(host: str, path: str) -> tuple[str, str]:
+    """A Host header (or a URI's authority) and a path as compared: host in
+    lower case without port or final dot."""
+    name = host.lower()
+    # An IPv6 literal keeps its colons; otherwise a colon starts the port.
+    name = name.partition("]")[0] + "]" if name.startswith("[") else name.partition(":")[0]
+    return name.rstrip("."), path
+
+
+def endpoints(rua: tuple[str, ...]) -> frozenset[tuple[str, str]]:
+    """(host, path) of every https: destination in ``tlsrpt.rua``."""
+    found = set()
+    for uri in rua:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.scheme.lower() == "https":
+            found.add(endpoint_key(parts.netloc.rpartition("@")[2], parts.path or "/"))
+    return frozenset(found)
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -55,6 +75,9 @@ class Receiver:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.paths = config.tlsrpt.https_paths
+        # Reports are taken only at the report name's URL: every tenant's
+        # server block reaches the app too, and must not take them.
+        self.endpoints = endpoints(config.tlsrpt.rua)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
@@ -77,6 +100,10 @@ class Receiver:
             store = Store(self.config.reports_db)
             self._local.store, self._local.pid = store, os.getpid()
         return store
+
+    def accepts(self, host: str, path: str) -> bool:
+        """Is this request for one of our https: report destinations?"""
+        return endpoint_key(host, path) in self.endpoints
 
     def receive(
         self, stream: IO[bytes], length: int | None, media_type: str, client: str
