@@ -44,21 +44,37 @@ def _post(
     return answer.status_code, answer.get_data(as_text=True).strip()
 
 
-def test_a_report_is_stored_once_and_says_so(client: FlaskClient, config: ProviderConfig) -> None:
+def test_a_report_is_stored_once(client: FlaskClient, config: ProviderConfig) -> None:
     body = (CORPUS / "gzip.json.gz").read_bytes()
-    assert _post(client, body) == (200, "stored")
-    assert _post(client, body) == (200, "duplicate")
+    assert _post(client, body) == (200, "accepted")
+    assert _post(client, body) == (200, "accepted")
     with Store(config.reports_db) as store:
         row = store.conn.execute("SELECT channel, origin, verified FROM raw").fetchone()
+        assert store.conn.execute("SELECT copies FROM report").fetchall() == [(2,)]
+        assert store.outcomes() == {"stored": 1}
     assert row == ("https", "192.0.2.9", 0)
+
+
+def test_a_report_for_no_hosted_domain_gets_the_same_answer(
+    client: FlaskClient, config: ProviderConfig
+) -> None:
+    """Stored, a copy, or for a domain we do not host: one answer, so the
+    endpoint does not tell who our customers are."""
+    foreign = (CORPUS / "foreign.json").read_bytes()
+    answers = {_post(client, foreign, JSON) for _ in range(2)}
+    ours = (CORPUS / "every-field.json").read_bytes()
+    answers |= {_post(client, ours, JSON) for _ in range(2)}
+    assert answers == {(200, "accepted")}
+    with Store(config.reports_db) as store:
+        assert store.outcomes() == {"foreign": 2, "stored": 1}
 
 
 @pytest.mark.parametrize(
     ("name", "media_type", "expected"),
     [
-        ("every-field.json", JSON, (200, "stored")),
-        ("plain-json-labelled.json.gz", GZIP, (200, "stored")),
-        ("foreign.json", JSON, (202, "accepted; no domain in it is hosted here")),
+        ("every-field.json", JSON, (200, "accepted")),
+        ("plain-json-labelled.json.gz", GZIP, (200, "accepted")),
+        ("foreign.json", JSON, (200, "accepted")),
         ("refused-not-json.json", JSON, (400, "refused: not JSON")),
         ("refused-corrupt.json.gz", GZIP, (400, "refused: gzip data is truncated")),
         ("every-field.json", "text/plain", (415, "expected application/tlsrpt+gzip")),
@@ -115,9 +131,13 @@ def test_without_an_https_rua_there_is_no_report_route(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("host", [HOST, "TLSRPT.Provider.Example.", f"{HOST}:443"])
-def test_the_report_host_takes_reports_in_any_spelling(client: FlaskClient, host: str) -> None:
+def test_the_report_host_takes_reports_in_any_spelling(
+    client: FlaskClient, config: ProviderConfig, host: str
+) -> None:
     body = (CORPUS / "gzip.json.gz").read_bytes()
-    assert _post(client, body, host=host) == (200, "stored")
+    assert _post(client, body, host=host) == (200, "accepted")
+    with Store(config.reports_db) as store:
+        assert store.outcomes() == {"stored": 1}
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def post(
 
 def test_a_report_posted_through_nginx_is_stored_with_the_client_address(front: Front) -> None:
     status, body = post(front, (CORPUS / "gzip.json.gz").read_bytes())
-    assert (status, body) == (200, b"stored\n")
+    assert (status, body) == (200, b"accepted\n")
     with Store(front.config.reports_db) as store:
         row = store.conn.execute(
             "SELECT r.channel, r.origin FROM raw r JOIN report p ON r.report = p.id "

@@ -61,6 +61,10 @@ def endpoints(rua: tuple[str, ...]) -> frozenset[tuple[str, str]]:
     return frozenset(found)
 
 
+# The answer to every report kept (stored, a copy, or for no hosted domain).
+ACCEPTED = "accepted"
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -139,10 +143,11 @@ class Receiver:
             log.error("report from %s not stored: %s", client, exc)
             self._local.store = None
             return Answer(503, "cannot store the report now; try again later")
-        if outcome.outcome in (STORED, DUPLICATE):
-            return Answer(200, outcome.outcome)
-        if outcome.outcome == FOREIGN:
-            return Answer(202, "accepted; no domain in it is hosted here")
+        if outcome.outcome in (STORED, DUPLICATE, FOREIGN):
+            # One answer for all three: a different one for a report on
+            # domains we do not host, or for a copy already stored, would
+            # tell anyone which domains are our customers.
+            return Answer(200, ACCEPTED)
         assert outcome.outcome == REFUSED
         status = 413 if "larger than" in outcome.reason else 400
         return Answer(status, f"refused: {outcome.reason}")
