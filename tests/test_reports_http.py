@@ -149,3 +149,14 @@ def test_reports_to_any_other_host_are_404_and_not_stored(
     body = (CORPUS / "gzip.json.gz").read_bytes()
     assert _post(client, body, host=host) == (404, "not found")
     assert not config.reports_db.exists()
+
+
+def test_an_unreadable_state_is_503_and_read_again_once_fixed(
+    client: FlaskClient, config: ProviderConfig
+) -> None:
+    config.state_db.parent.mkdir(parents=True, exist_ok=True)
+    config.state_db.write_bytes(b"not an SQLite database, " * 100)
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body) == (503, "cannot store the report now; try again later")
+    config.state_db.unlink()
+    assert _post(client, body) == (200, "accepted")
