@@ -233,3 +233,21 @@ def test_a_maildir_message_too_large_or_unreadable_is_kept_aside_and_seen(
         ("refused", len(large), hashlib.sha256(large).hexdigest(), 1, 1),
         ("refused", 0, hashlib.sha256(b"").hexdigest(), 0, 1),
     ]
+
+
+def test_prune_dry_run_changes_nothing(config: ProviderConfig) -> None:
+    done = run(config, "prune", "--dry-run")
+    assert (done.returncode, done.stderr) == (0, "would prune 0 reports and 0 other inputs\n")
+    assert not config.reports_db.exists()
+    assert run(config, "ingest", str(CORPUS / "every-field.json")).returncode == 0
+    before = config.reports_db.stat().st_mtime_ns
+    assert run(config, "prune", "--dry-run").stderr == "would prune 0 reports and 0 other inputs\n"
+    assert config.reports_db.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("argv", [["ingest", "-"], [], ["metrics"]])
+def test_dry_run_is_for_prune_only(config: ProviderConfig, argv: list[str]) -> None:
+    done = run(config, *argv, "--dry-run")
+    assert done.returncode == 2
+    assert "--dry-run is for 'reports prune' only" in done.stderr
+    assert not config.reports_db.exists()

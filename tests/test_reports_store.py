@@ -33,6 +33,7 @@ from policy_host.reports.store import (
     Store,
     StoreError,
     Tie,
+    would_prune,
 )
 
 DAY = 86_400.0
@@ -64,6 +65,10 @@ def test_prune_drops_what_is_older_than_retention(tmp_path: Path) -> None:
     ingest_paths(ingester, [CORPUS / "every-field.json", CORPUS / "refused-not-json.json"])
     ingester.clock = lambda: now
     ingest_paths(ingester, [CORPUS / "gzip.json.gz", CORPUS / "foreign.json"])
+    before = store.conn.execute("SELECT count(*) FROM raw").fetchone()
+    assert would_prune(config.reports_db, now, 30 * DAY, 100 * DAY) == (1, 0)
+    assert would_prune(config.reports_db, now, 30 * DAY, 10 * DAY) == (1, 1)
+    assert store.conn.execute("SELECT count(*) FROM raw").fetchone() == before
     assert store.prune(now, keep_reports=30 * DAY, keep_raw=100 * DAY) == (1, 0)
     conn = store.conn
     assert conn.execute("SELECT report_id FROM report").fetchall() == [("gzip-1",)]

@@ -536,3 +536,26 @@ class Store:
 
 def _domains(report: Report) -> list[str]:
     return sorted({p.domain for p in report.policies})
+
+
+def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
+    """What ``Store.prune`` would drop: (reports, raw rows), read without
+    changing anything (the database is opened read-only, never created or
+    migrated)."""
+    if not path.exists():
+        return 0, 0
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            reports = conn.execute(
+                "SELECT count(*) FROM report WHERE received < ?", (now - keep_reports,)
+            ).fetchone()[0]
+            raws = conn.execute(
+                "SELECT count(*) FROM raw WHERE outcome != ? AND received < ?",
+                (STORED, now - keep_raw),
+            ).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read the report store: {exc}") from exc
+    return int(reports), int(raws)
