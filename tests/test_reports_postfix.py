@@ -10,6 +10,7 @@ Runs in a network namespace of the test's own; needs root, postfix, knot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -294,7 +295,12 @@ def test_report_mail_through_postfix_and_dkim(mta: Mta) -> None:
     rows: list[tuple[str, str, str]] = []
     while time.monotonic() < deadline:
         if mta.config.reports_db.exists():
-            with sqlite3.connect(mta.config.reports_db) as conn:
+            # The first pipe run may have made the file but not yet
+            # committed its schema.
+            with (
+                sqlite3.connect(mta.config.reports_db) as conn,
+                contextlib.suppress(sqlite3.OperationalError),
+            ):
                 rows = conn.execute(
                     "SELECT r.outcome, r.auth, p.report_id FROM raw r LEFT JOIN report p "
                     "ON r.report = p.id"
