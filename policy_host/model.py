@@ -236,16 +236,19 @@ class Tenant:
 
 
 def check_rua(text: str) -> str:
-    """An RFC 8460 section 3 ``rua`` URI: ``mailto:`` or ``https:``."""
-    if text.startswith("mailto:"):
-        address = text[len("mailto:") :]
-        local, at, domain = address.rpartition("@")
-        if not at or not local or "." not in domain or any(c in address for c in " ,;!"):
+    """An RFC 8460 section 3 ``rua`` URI: ``mailto:`` or ``https:``. The
+    scheme is case-insensitive (RFC 3986 section 3.1) and returned in lower
+    case, its canonical form; the rest is returned as written."""
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if colon and scheme == "mailto":
+        local, at, domain = rest.rpartition("@")
+        if not at or not local or "." not in domain or any(c in rest for c in " ,;!"):
             raise InvalidValue(f"tlsrpt_rua '{text}': expected mailto:name@domain")
-        return text
-    if text.startswith("https://"):
-        rest = text[len("https://") :]
-        if not rest or rest[0] in "/?#" or any(c in text for c in " ,;!"):
+        return f"mailto:{rest}"
+    if colon and scheme == "https" and rest.startswith("//"):
+        host = rest[2:]
+        if not host or host[0] in "/?#" or any(c in text for c in " ,;!"):
             raise InvalidValue(f"tlsrpt_rua '{text}': expected https://host/path")
-        return text
+        return f"https:{rest}"
     raise InvalidValue(f"tlsrpt_rua '{text}': only mailto: and https: URIs are allowed")

@@ -109,8 +109,30 @@ def test_rua_accepts_mailto_and_https(uri: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("uri", "canonical"),
+    [
+        ("MAILTO:tls@example.com", "mailto:tls@example.com"),
+        ("Mailto:TLS@Example.com", "mailto:TLS@Example.com"),
+        ("HTTPS://Reports.example.com/TLSRPT", "https://Reports.example.com/TLSRPT"),
+    ],
+)
+def test_rua_schemes_are_case_insensitive_and_returned_in_lower_case(
+    uri: str, canonical: str
+) -> None:
+    assert check_rua(uri) == canonical
+
+
+@pytest.mark.parametrize(
     "uri",
-    ["http://reports.example.com/", "mailto:nobody", "ftp://x.example", "https://", "mailto:a@b"],
+    [
+        "http://reports.example.com/",
+        "mailto:nobody",
+        "https:reports.example.com/x",
+        "MAILTO:",
+        "ftp://x.example",
+        "https://",
+        "mailto:a@b",
+    ],
 )
 def test_rua_refuses_other_uris(uri: str) -> None:
     with pytest.raises(InvalidValue, match="tlsrpt_rua"):

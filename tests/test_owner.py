@@ -25,6 +25,9 @@ OWNER, ROOT, OTHER = 998, 0, 1000
         ("apply", OTHER, True),
         ("reload", ROOT, True),
         ("serve", ROOT, True),
+        ("reports", ROOT, True),
+        ("reports", OTHER, True),
+        ("reports", OWNER, False),
         ("certs", ROOT, False),
         ("certs", OWNER, False),
         ("certs", OTHER, True),
@@ -79,3 +82,23 @@ def test_reload_by_another_user_is_refused_with_a_message_and_changes_nothing(
         before.st_ino,
     )
     assert sorted(p.name for p in state.iterdir()) == ["served.json"]
+
+
+@pytest.mark.parametrize(
+    ("words", "status"),
+    [(["reports", "ingest", "-"], 75), (["reports", "ingest"], 75), (["reports"], 2)],
+)
+def test_reports_by_another_user_is_refused_and_the_pipe_retries(
+    tree: Path, capsys: pytest.CaptureFixture[str], words: list[str], status: int
+) -> None:
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("needs root (to own state_dir by another user); CI=true", pytrace=False)
+        pytest.skip("needs root (to own state_dir by another user)")
+    state = tree / "var"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    assert main(["--config", str(tree / "config.yaml"), *words]) == status
+    assert "reports must run as" in capsys.readouterr().err
+    # No root-owned report store the server and the pipe could not write.
+    assert list(state.iterdir()) == []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from support.applyenv import CLI
 from support.reportenv import CORPUS, report_tree
 
 from policy_host.read.config import ProviderConfig
+from policy_host.reports.store import Store
 
 RANGE = ("--since", "2026-11-01", "--until", "2027-01-01")
 
@@ -204,3 +206,48 @@ def test_the_mta_pipe_asks_for_a_retry_when_the_config_is_broken(
     # Reading files (an operator at a terminal) stays a usage error.
     done = run(config, "ingest", str(CORPUS / "every-field.json"))
     assert done.returncode == 2, done.stderr
+
+
+def test_a_maildir_message_too_large_or_unreadable_is_kept_aside_and_seen(
+    config: ProviderConfig, tmp_path: Path
+) -> None:
+    with config.path.open("a") as handle:
+        handle.write("  max_report_bytes: 1024\n")
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    large = b"Subject: large\r\n\r\n" + b"x" * 50_000
+    (maildir / "new" / "1.host").write_bytes(large)
+    (maildir / "new" / "2.host").symlink_to(tmp_path / "gone")
+    done = run(config, "ingest", str(maildir))
+    assert done.returncode == 1, done.stderr
+    assert "1.host: refused: message too large" in done.stderr
+    assert "2.host: refused: cannot read: No such file or directory" in done.stderr
+    assert sorted(p.name for p in (maildir / "cur").iterdir()) == ["1.host:2,S", "2.host:2,S"]
+    assert list((maildir / "new").iterdir()) == []
+    with Store(config.reports_db) as store:
+        rows = store.conn.execute(
+            "SELECT outcome, size, sha256, cut, length(body) > 0 FROM raw ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("refused", len(large), hashlib.sha256(large).hexdigest(), 1, 1),
+        ("refused", 0, hashlib.sha256(b"").hexdigest(), 0, 1),
+    ]
+
+
+def test_prune_dry_run_changes_nothing(config: ProviderConfig) -> None:
+    done = run(config, "prune", "--dry-run")
+    assert (done.returncode, done.stderr) == (0, "would prune 0 reports and 0 other inputs\n")
+    assert not config.reports_db.exists()
+    assert run(config, "ingest", str(CORPUS / "every-field.json")).returncode == 0
+    before = config.reports_db.stat().st_mtime_ns
+    assert run(config, "prune", "--dry-run").stderr == "would prune 0 reports and 0 other inputs\n"
+    assert config.reports_db.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("argv", [["ingest", "-"], [], ["metrics"]])
+def test_dry_run_is_for_prune_only(config: ProviderConfig, argv: list[str]) -> None:
+    done = run(config, *argv, "--dry-run")
+    assert done.returncode == 2
+    assert "--dry-run is for 'reports prune' only" in done.stderr
+    assert not config.reports_db.exists()

@@ -18,6 +18,7 @@ from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.web import create_app
 
 PATH = "/v1/report"
+HOST = "tlsrpt.provider.example"
 GZIP = "application/tlsrpt+gzip"
 JSON = "application/tlsrpt+json"
 
@@ -34,28 +35,46 @@ def client(config: ProviderConfig) -> FlaskClient:
     return app.test_client()
 
 
-def _post(client: FlaskClient, body: bytes, media_type: str = GZIP) -> tuple[int, str]:
+def _post(
+    client: FlaskClient, body: bytes, media_type: str = GZIP, host: str = HOST
+) -> tuple[int, str]:
     answer = client.post(
-        PATH, data=body, content_type=media_type, headers={"X-Real-IP": "192.0.2.9"}
+        PATH, data=body, content_type=media_type, headers={"X-Real-IP": "192.0.2.9", "Host": host}
     )
     return answer.status_code, answer.get_data(as_text=True).strip()
 
 
-def test_a_report_is_stored_once_and_says_so(client: FlaskClient, config: ProviderConfig) -> None:
+def test_a_report_is_stored_once(client: FlaskClient, config: ProviderConfig) -> None:
     body = (CORPUS / "gzip.json.gz").read_bytes()
-    assert _post(client, body) == (200, "stored")
-    assert _post(client, body) == (200, "duplicate")
+    assert _post(client, body) == (200, "accepted")
+    assert _post(client, body) == (200, "accepted")
     with Store(config.reports_db) as store:
         row = store.conn.execute("SELECT channel, origin, verified FROM raw").fetchone()
+        assert store.conn.execute("SELECT copies FROM report").fetchall() == [(2,)]
+        assert store.outcomes() == {"stored": 1}
     assert row == ("https", "192.0.2.9", 0)
+
+
+def test_a_report_for_no_hosted_domain_gets_the_same_answer(
+    client: FlaskClient, config: ProviderConfig
+) -> None:
+    """Stored, a copy, or for a domain we do not host: one answer, so the
+    endpoint does not tell who our customers are."""
+    foreign = (CORPUS / "foreign.json").read_bytes()
+    answers = {_post(client, foreign, JSON) for _ in range(2)}
+    ours = (CORPUS / "every-field.json").read_bytes()
+    answers |= {_post(client, ours, JSON) for _ in range(2)}
+    assert answers == {(200, "accepted")}
+    with Store(config.reports_db) as store:
+        assert store.outcomes() == {"foreign": 2, "stored": 1}
 
 
 @pytest.mark.parametrize(
     ("name", "media_type", "expected"),
     [
-        ("every-field.json", JSON, (200, "stored")),
-        ("plain-json-labelled.json.gz", GZIP, (200, "stored")),
-        ("foreign.json", JSON, (202, "accepted; no domain in it is hosted here")),
+        ("every-field.json", JSON, (200, "accepted")),
+        ("plain-json-labelled.json.gz", GZIP, (200, "accepted")),
+        ("foreign.json", JSON, (200, "accepted")),
         ("refused-not-json.json", JSON, (400, "refused: not JSON")),
         ("refused-corrupt.json.gz", GZIP, (400, "refused: gzip data is truncated")),
         ("every-field.json", "text/plain", (415, "expected application/tlsrpt+gzip")),
@@ -91,7 +110,7 @@ def test_store_unavailable_is_503(client: FlaskClient, config: ProviderConfig) -
 
 
 def test_only_post_reaches_the_report_path(client: FlaskClient) -> None:
-    assert client.get(PATH).status_code == 405
+    assert client.get(PATH, headers={"Host": HOST}).status_code == 405
     policy = client.get("/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.com"})
     assert policy.status_code == 200
     assert policy.data.startswith(b"version: STSv1\r\n")
@@ -109,3 +128,35 @@ def test_without_an_https_rua_there_is_no_report_route(tmp_path: Path) -> None:
     compile_snapshot(plain)
     app = create_app(snapshot_path=plain.snapshot_path, reports_config=plain)
     assert app.test_client().post(PATH, data=b"{}", content_type=JSON).status_code == 404
+
+
+@pytest.mark.parametrize("host", [HOST, "TLSRPT.Provider.Example.", f"{HOST}:443"])
+def test_the_report_host_takes_reports_in_any_spelling(
+    client: FlaskClient, config: ProviderConfig, host: str
+) -> None:
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body, host=host) == (200, "accepted")
+    with Store(config.reports_db) as store:
+        assert store.outcomes() == {"stored": 1}
+
+
+@pytest.mark.parametrize(
+    "host", ["mta-sts.example.com", "localhost", "tlsrpt.provider.example.evil"]
+)
+def test_reports_to_any_other_host_are_404_and_not_stored(
+    client: FlaskClient, config: ProviderConfig, host: str
+) -> None:
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body, host=host) == (404, "not found")
+    assert not config.reports_db.exists()
+
+
+def test_an_unreadable_state_is_503_and_read_again_once_fixed(
+    client: FlaskClient, config: ProviderConfig
+) -> None:
+    config.state_db.parent.mkdir(parents=True, exist_ok=True)
+    config.state_db.write_bytes(b"not an SQLite database, " * 100)
+    body = (CORPUS / "gzip.json.gz").read_bytes()
+    assert _post(client, body) == (503, "cannot store the report now; try again later")
+    config.state_db.unlink()
+    assert _post(client, body) == (200, "accepted")

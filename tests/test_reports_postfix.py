@@ -10,6 +10,7 @@ Runs in a network namespace of the test's own; needs root, postfix, knot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -152,8 +153,9 @@ class Mta:
 @pytest.fixture(scope="module")
 def mta() -> Iterator[Mta]:
     _require()
-    # The pipe runs as nobody (Postfix refuses root): a folder all can read,
-    # and a state folder it can write.
+    # The pipe runs as nobody (Postfix refuses root), standing for the
+    # service user: a folder all can read, and a state folder it owns
+    # (``reports`` runs only as the owner of state_dir).
     root = Path(tempfile.mkdtemp(prefix="ph-postfix-", dir="/tmp"))
     try:
         root.chmod(0o755)
@@ -164,6 +166,7 @@ def mta() -> Iterator[Mta]:
         config = load_config(config.path)
         config.state_dir.mkdir(mode=0o777)
         config.state_dir.chmod(0o777)
+        shutil.chown(config.state_dir, "nobody")
         keys_dir = root / "keys"
         keys_dir.mkdir()
         good, good_public = _rsa_key(keys_dir, "good")
@@ -292,7 +295,12 @@ def test_report_mail_through_postfix_and_dkim(mta: Mta) -> None:
     rows: list[tuple[str, str, str]] = []
     while time.monotonic() < deadline:
         if mta.config.reports_db.exists():
-            with sqlite3.connect(mta.config.reports_db) as conn:
+            # The first pipe run may have made the file but not yet
+            # committed its schema.
+            with (
+                sqlite3.connect(mta.config.reports_db) as conn,
+                contextlib.suppress(sqlite3.OperationalError),
+            ):
                 rows = conn.execute(
                     "SELECT r.outcome, r.auth, p.report_id FROM raw r LEFT JOIN report p "
                     "ON r.report = p.id"

@@ -3,6 +3,7 @@ to the policy version we served (from the apply state's history)."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from support.reportenv import CORPUS, ingest_paths, make_ingester, report_tree
 
 from policy_host import state
 from policy_host.render import fingerprint
-from policy_host.reports.model import PolicyResult
+from policy_host.reports.model import HTTPS, MAIL, Envelope, FailureDetail, PolicyResult, Report
 from policy_host.reports.policies import (
     CURRENT,
     NEVER_SERVED,
@@ -21,7 +22,19 @@ from policy_host.reports.policies import (
     UNTRACKED,
     ServedHistory,
 )
-from policy_host.reports.store import SCHEMA_VERSION, Store, StoreError
+from policy_host.reports.store import (
+    DUPLICATE,
+    FOREIGN,
+    HEAD_BYTES,
+    REFUSED,
+    SCHEMA_VERSION,
+    STORED,
+    Received,
+    Store,
+    StoreError,
+    Tie,
+    would_prune,
+)
 
 DAY = 86_400.0
 
@@ -52,6 +65,10 @@ def test_prune_drops_what_is_older_than_retention(tmp_path: Path) -> None:
     ingest_paths(ingester, [CORPUS / "every-field.json", CORPUS / "refused-not-json.json"])
     ingester.clock = lambda: now
     ingest_paths(ingester, [CORPUS / "gzip.json.gz", CORPUS / "foreign.json"])
+    before = store.conn.execute("SELECT count(*) FROM raw").fetchone()
+    assert would_prune(config.reports_db, now, 30 * DAY, 100 * DAY) == (1, 0)
+    assert would_prune(config.reports_db, now, 30 * DAY, 10 * DAY) == (1, 1)
+    assert store.conn.execute("SELECT count(*) FROM raw").fetchone() == before
     assert store.prune(now, keep_reports=30 * DAY, keep_raw=100 * DAY) == (1, 0)
     conn = store.conn
     assert conn.execute("SELECT report_id FROM report").fetchall() == [("gzip-1",)]
@@ -157,6 +174,9 @@ def test_migrating_from_version_1_fills_the_daily_totals(tmp_path: Path) -> None
         ingest_paths(make_ingester(config, store), sorted(CORPUS.iterdir()))
         store.conn.execute("DROP TABLE daily")
         store.conn.execute("DROP TABLE daily_failure")
+        store.conn.execute("ALTER TABLE report DROP COLUMN digest")
+        for column in ("size", "sha256", "cut"):
+            store.conn.execute(f"ALTER TABLE raw DROP COLUMN {column}")
         store.conn.execute("PRAGMA user_version=1")
     with Store(config.reports_db) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
@@ -235,3 +255,87 @@ def test_an_older_state_reads_and_migrates_its_history_alike(tmp_path: Path) -> 
         pass
     after = sorted(state.served_versions(path), key=lambda v: v.policy_id)
     assert after == before
+
+
+# -- copies under one organisation and report-id ----------------------------
+
+
+def _forgeable(success: int, failure: int) -> Report:
+    detail = FailureDetail("sts-policy-fetch-error", failure) if failure else None
+    policy = PolicyResult(
+        "sts", "example.com", ("version: STSv1",), ("mx1.example.com",), success, failure,
+        (detail,) if detail else (),
+    )  # fmt: skip
+    return Report("Google Inc.", "2026-01-01Z_example.com", None, T1, T1 + DAY, (policy,))
+
+
+def _add(store: Store, report: Report, envelope: Envelope) -> str:
+    tie = Tie(None, UNTRACKED)
+    with store.transaction() as conn:
+        return store.add_report(conn, Received(envelope, b"{}", T1 + DAY), report, [tie])
+
+
+def test_a_verified_copy_replaces_a_forged_unverified_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    forged, real = _forgeable(0, 1000), _forgeable(500, 3)
+    assert _add(store, forged, Envelope(HTTPS, origin="192.0.2.66")) == STORED
+    assert _add(store, real, Envelope(MAIL, verified=True, auth="dkim")) == STORED
+    conn = store.conn
+    assert conn.execute("SELECT verified, copies, channel FROM report").fetchall() == [(1, 2, MAIL)]
+    assert conn.execute("SELECT verified, success, failure FROM result").fetchall() == [(1, 500, 3)]
+    assert conn.execute("SELECT count FROM detail").fetchall() == [(3,)]
+    assert conn.execute(
+        "SELECT verified, reports, success, failure FROM daily WHERE reports != 0"
+    ).fetchall() == [(1, 1, 500, 3)]
+    _daily_matches_results(conn)
+    rows = conn.execute("SELECT channel, outcome, reason, report FROM raw ORDER BY id").fetchall()
+    assert rows[0][:2] == (HTTPS, REFUSED)
+    assert rows[0][2].startswith("replaced by a DKIM-verified copy") and rows[0][3] is None
+    assert rows[1] == (MAIL, STORED, "", 1)
+
+
+def test_a_verified_copy_with_the_same_content_marks_the_stored_one_verified(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    assert _add(store, _forgeable(500, 3), Envelope(HTTPS)) == STORED
+    assert _add(store, _forgeable(500, 3), Envelope(MAIL, verified=True)) == DUPLICATE
+    assert store.conn.execute("SELECT verified, copies FROM report").fetchone() == (1, 2)
+    _daily_matches_results(store.conn)
+
+
+def test_other_content_without_a_better_claim_changes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite3")
+    assert _add(store, _forgeable(500, 3), Envelope(MAIL, verified=True)) == STORED
+    assert _add(store, _forgeable(0, 1000), Envelope(HTTPS)) == DUPLICATE
+    conn = store.conn
+    assert conn.execute("SELECT verified, success, failure FROM result").fetchall() == [(1, 500, 3)]
+    assert conn.execute("SELECT outcome FROM raw ORDER BY id").fetchall() == [
+        (STORED,),
+        (REFUSED,),
+    ]
+    _daily_matches_results(conn)
+
+
+# -- what is kept of inputs that made no report -----------------------------
+
+
+def test_https_refusals_and_foreign_reports_keep_only_their_head(tmp_path: Path) -> None:
+    config = report_tree(tmp_path)
+    store = Store(config.reports_db)
+    ingester = make_ingester(config, store)
+    refused = b"{" + b" " * 20_000 + b"not json"
+    foreign = (CORPUS / "foreign.json").read_bytes() + b" " * 20_000
+    with store.transaction() as conn:
+        https = Envelope(HTTPS, origin="192.0.2.1")
+        assert ingester.report_body(conn, refused, https, labelled_gzip=False).outcome == REFUSED
+        assert ingester.report_body(conn, foreign, https, labelled_gzip=False).outcome == FOREIGN
+        mailed = Envelope(MAIL, origin="test")
+        assert ingester.report_body(conn, refused, mailed, labelled_gzip=False).outcome == REFUSED
+    rows = store.conn.execute("SELECT id, size, sha256, cut FROM raw ORDER BY id").fetchall()
+    for (raw_id, size, sha, cut), whole, kept_whole in zip(
+        rows, (refused, foreign, refused), (False, False, True), strict=True
+    ):
+        assert (size, sha) == (len(whole), hashlib.sha256(whole).hexdigest())
+        assert store.raw_body(raw_id) == (whole if kept_whole else whole[:HEAD_BYTES])
+        assert cut == (not kept_whole)

@@ -274,7 +274,8 @@ def _main(argv: Sequence[str] | None) -> int:
         refused = refusal(args.command, config.state_dir, dry_run=getattr(args, "dry_run", False))
         if refused is not None:
             print(refused, file=sys.stderr)
-            return EXIT_USAGE
+            # An MTA's pipe must keep the message and retry, not bounce it.
+            return _config_error_status(args)
         handler: Handler = args.handler
         return handler(args, config)
     except ConfigError as exc:

@@ -7,6 +7,10 @@ another user (root, typically), those files are that user's, mode 0600:
 the workers can no longer read them and keep serving the old policies
 while nginx serves the new ones, and the next run as the owner cannot
 replace them. So those commands run as the owner or not at all.
+``reports`` too: the server's report route and the MTA's pipe (which runs
+as the service user) write ``reports.sqlite3``; made or migrated by root,
+both could never store a report again. A refused ``reports ingest -``
+exits 75, so the MTA keeps the message and retries instead of bouncing it.
 
 ``certs`` and ``nginx-conf`` write certbot's files and nginx's config and
 reload nginx, which are root's (``deploy/policy-host-certs.service``); in
@@ -26,7 +30,7 @@ from pathlib import Path
 
 __all__ = ["OWNER_ONLY", "OWNER_OR_ROOT", "refusal", "wrong_user"]
 
-OWNER_ONLY = frozenset({"apply", "reload", "serve"})
+OWNER_ONLY = frozenset({"apply", "reload", "reports", "serve"})
 OWNER_OR_ROOT = frozenset({"certs", "nginx-conf"})
 
 

@@ -2,7 +2,7 @@
 
     policy-host reports [DOMAIN...] [--since 7d|DATE] [--until DATE] [--json] [--problems] [-v]
     policy-host reports ingest [PATH...|-]
-    policy-host reports prune
+    policy-host reports prune [--dry-run]
 
 ``ingest`` with ``-`` or no path reads one message from standard input: the
 command an MTA pipes report mail into. Its exit status is what MTAs expect
@@ -26,7 +26,15 @@ from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 from policy_host.reports.model import OUR_SIDE
-from policy_host.reports.store import DUPLICATE, NOT_REPORT, REFUSED, STORED, Store, StoreError
+from policy_host.reports.store import (
+    DUPLICATE,
+    NOT_REPORT,
+    REFUSED,
+    STORED,
+    Store,
+    StoreError,
+    would_prune,
+)
 from policy_host.reports.summary import Limits, TenantSummary, summarise
 
 log = logging.getLogger(__name__)
@@ -66,15 +74,23 @@ def register(
         "--verified", action="store_true", help="only DKIM-verified mail reports (not HTTPS)"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="by MX, reporter and policy")
+    p.add_argument(
+        "--dry-run", action="store_true", help="prune: say what would be dropped, change nothing"
+    )
     p.set_defaults(handler=cmd_reports)
 
 
 def cmd_reports(args: argparse.Namespace, config: ProviderConfig) -> int:
     words: list[str] = args.args
+    if args.dry_run and words[:1] != ["prune"]:
+        # Only prune has a dry run; a dry run is also let through by the
+        # owner check (policy_host.cli.owner), so nothing else may run.
+        print("policy-host: --dry-run is for 'reports prune' only", file=sys.stderr)
+        return EXIT_USAGE
     if words and words[0] == "ingest":
         return cmd_ingest([Path(p) for p in words[1:]], config)
     if words and words[0] == "prune":
-        return cmd_prune(config)
+        return cmd_prune(config, dry_run=args.dry_run)
     if words and words[0] == "metrics":
         return cmd_metrics(args, config)
     return cmd_summary(args, config)
@@ -136,17 +152,20 @@ def _ingest_pipe(config: ProviderConfig) -> int:
     return EXIT_OK
 
 
-def cmd_prune(config: ProviderConfig) -> int:
+def cmd_prune(config: ProviderConfig, *, dry_run: bool = False) -> int:
     settings = config.tlsrpt
+    keep = (time.time(), settings.retention_days * DAY, settings.raw_retention_days * DAY)
     try:
-        with Store(config.reports_db) as store:
-            reports, raws = store.prune(
-                time.time(), settings.retention_days * DAY, settings.raw_retention_days * DAY
-            )
+        if dry_run:
+            reports, raws = would_prune(config.reports_db, *keep)
+        else:
+            with Store(config.reports_db) as store:
+                reports, raws = store.prune(*keep)
     except StoreError as exc:
         print(f"policy-host: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    print(f"pruned {reports} reports and {raws} other inputs", file=sys.stderr)
+    verb = "would prune" if dry_run else "pruned"
+    print(f"{verb} {reports} reports and {raws} other inputs", file=sys.stderr)
     return EXIT_OK
 
 

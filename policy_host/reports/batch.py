@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import multiprocessing
 import os
 import time
@@ -20,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_host.read.config import TlsrptSettings
-from policy_host.reports.decode import TooLarge, read_capped
+from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
 from policy_host.reports.model import MAIL, Envelope
 from policy_host.reports.sources import file_input, is_maildir
-from policy_host.reports.store import REFUSED, Received
+from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500
@@ -86,9 +87,12 @@ def prepare(job: Job, source: Source | Done) -> Done:
     name = str(source.path)
     try:
         if source.maildir is not None:
-            with source.path.open("rb") as handle:
-                data = read_capped(handle, job.cap, name)
             envelope = Envelope(MAIL, origin=f"maildir:{source.maildir}")
+            try:
+                with source.path.open("rb") as handle:
+                    data = read_capped(handle, job.cap, name)
+            except (TooLarge, OSError) as exc:
+                return _kept_aside(source.path, envelope, exc)
             is_message = True
         else:
             loaded = file_input(source.path, job.cap)
@@ -110,6 +114,39 @@ def prepare(job: Job, source: Source | Done) -> Done:
         prepared = prepare_message(item, job.settings, lookup)
     new = source.path if source.maildir is not None else None
     return Done(name, prepared, maildir_new=new)
+
+
+def _kept_aside(message: Path, envelope: Envelope, exc: Exception) -> Done:
+    """A Maildir message too large or unreadable: refused, with its size,
+    SHA-256 and first bytes when it can be read, so it is stored and moved
+    out of new/ like the pipe's (never read again and again)."""
+    if isinstance(exc, TooLarge):
+        reason = "message too large"
+        try:
+            head, size, sha256 = _head_and_digest(message)
+        except OSError as again:
+            reason, head, size, sha256 = f"cannot read: {again.strerror or again}", b"", 0, ""
+    else:
+        reason = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+        head, size, sha256 = b"", 0, ""
+    item = Received(envelope, head, time.time(), size if sha256 else None, sha256)
+    prepared = Prepared(item, outcome=REFUSED, reason=reason)
+    return Done(str(message), prepared, maildir_new=message)
+
+
+def _head_and_digest(path: Path) -> tuple[bytes, int, str]:
+    """The first ``HEAD_BYTES``, size and SHA-256 of a file, read a piece at
+    a time."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
+            digest.update(chunk)
+            size += len(chunk)
+    return head, size, digest.hexdigest()
 
 
 def mark_seen(message: Path) -> None:

@@ -8,7 +8,6 @@ over-long body is refused after reading one byte past it.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
 from typing import IO
 
 from policy_host.errors import PolicyHostError
@@ -82,15 +81,3 @@ def report_json(data: bytes, cap: int) -> tuple[bytes, tuple[str, ...]]:
     if start != b"{":
         raise BadPayload("neither gzip nor a JSON object")
     return data, ()
-
-
-def joined(chunks: Iterable[bytes], cap: int) -> bytes:
-    """Chunks glued together, ``TooLarge`` past ``cap`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        size += len(chunk)
-        if size > cap:
-            raise TooLarge(f"body is larger than {cap} bytes")
-        parts.append(chunk)
-    return b"".join(parts)

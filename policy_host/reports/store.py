@@ -5,14 +5,20 @@ what became of it), so nothing received is ever silently dropped. A usable
 report adds one ``report`` row, a ``result`` row per policy and a ``detail``
 row per failure detail. Senders deliver to every ``rua`` and retry (RFC 8460
 section 3), so a report is stored once, keyed by its organisation and
-``report-id``; later copies only raise ``copies`` (and mark it verified when
-a verified copy comes).
+``report-id``; later copies only raise ``copies``. Organisation and
+``report-id`` are the sender's to choose, and the HTTPS endpoint is open to
+anyone, so a forged copy may arrive first: each report keeps a digest of its
+parsed content, a verified copy with the same digest marks the stored one
+verified, and a verified copy with another digest replaces an unverified one
+(the replaced input stays in ``raw``, refused, with the reason).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError
-from policy_host.reports.model import Envelope, Report
+from policy_host.reports.model import HTTPS, Envelope, Report
 
 BUSY_TIMEOUT = 10.0
 
@@ -126,8 +132,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "d.result_type, sum(d.count) FROM result r JOIN detail d ON d.result = r.id "
         "GROUP BY 1, 2, 3, 4",
     ),
+    # The digest of a report's parsed content (``digest``), so that a copy
+    # with the same organisation and report-id but other content is told
+    # apart from a true duplicate. NULL for reports stored before.
+    # Size and SHA-256 of every input as received, and whether ``body``
+    # holds only its first ``HEAD_BYTES`` (``keeps_whole``).
+    (
+        "ALTER TABLE report ADD COLUMN digest TEXT",
+        "ALTER TABLE raw ADD COLUMN size INTEGER",
+        "ALTER TABLE raw ADD COLUMN sha256 TEXT",
+        "ALTER TABLE raw ADD COLUMN cut INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 DAY = 86_400
+# What is kept of an input that ``keeps_whole`` turns down.
+HEAD_BYTES = 4096
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -147,11 +166,34 @@ class Tie:
 
 @dataclass(frozen=True)
 class Received:
-    """One input as it arrived, before anything was made of it."""
+    """One input as it arrived, before anything was made of it. ``size``
+    and ``sha256`` are set when ``body`` is only the input's first bytes
+    (an input too large to read whole)."""
 
     envelope: Envelope
     body: bytes
     received: float
+    size: int | None = None
+    sha256: str = ""
+
+
+def keeps_whole(envelope: Envelope, outcome: str) -> bool:
+    """Whether an input's bytes are kept whole, or only their size, SHA-256
+    and first ``HEAD_BYTES``. Anyone may POST to the public endpoint and name
+    any domain, so what it refuses and reports for domains we do not host
+    could fill the disk: staff need only enough to see what it was."""
+    if outcome == FOREIGN:
+        return False
+    return not (outcome == REFUSED and envelope.channel == HTTPS)
+
+
+def digest(report: Report) -> str:
+    """SHA-256 of the report's normalised content as canonical JSON. Quirks
+    are left out: they say how a copy was sent (mail header, gzip label),
+    not what it reports."""
+    content = dataclasses.asdict(dataclasses.replace(report, quirks=()))
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def compress(body: bytes) -> tuple[bytes, bool]:
@@ -231,10 +273,16 @@ class Store:
         report_row: int | None = None,
     ) -> int:
         env = item.envelope
-        body, packed = compress(item.body)
+        data = item.body
+        size = len(data) if item.size is None else item.size
+        sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
+        if not keeps_whole(env, outcome):
+            data = data[:HEAD_BYTES]
+        body, packed = compress(data)
         cursor = conn.execute(
             "INSERT INTO raw (received, channel, origin, verified, auth, outcome, reason, "
-            "domains, body, packed, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "domains, body, packed, report, size, sha256, cut) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 item.received,
                 env.channel,
@@ -247,6 +295,9 @@ class Store:
                 body,
                 int(packed),
                 report_row,
+                size,
+                sha256,
+                int(len(data) < size),
             ),
         )
         return int(cursor.lastrowid or 0)
@@ -260,9 +311,10 @@ class Store:
     ) -> str:
         """Store a parsed report (and its raw bytes); STORED or DUPLICATE."""
         env = item.envelope
+        content = digest(report)
         cursor = conn.execute(
             "INSERT INTO report (organization, report_id, contact, start, end, received, "
-            "channel, verified, quirks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "channel, verified, quirks, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (organization, report_id) DO NOTHING",
             (
                 report.organization,
@@ -274,27 +326,91 @@ class Store:
                 env.channel,
                 int(env.verified),
                 " ".join(report.quirks),
+                content,
             ),
         )
         if cursor.rowcount == 0:
-            report_row, was_verified = conn.execute(
-                "SELECT id, verified FROM report WHERE organization = ? AND report_id = ?",
-                (report.organization, report.report_id),
-            ).fetchone()
-            conn.execute("UPDATE report SET copies = copies + 1 WHERE id = ?", (report_row,))
-            if env.verified and not was_verified:
+            return self._another_copy(conn, item, report, ties, content)
+        report_row = int(cursor.lastrowid or 0)
+        self.add_raw(conn, item, STORED, domains=_domains(report), report_row=report_row)
+        self._add_results(conn, report_row, report, ties, verified=env.verified)
+        return STORED
+
+    def _another_copy(
+        self,
+        conn: sqlite3.Connection,
+        item: Received,
+        report: Report,
+        ties: Sequence[Tie],
+        content: str,
+    ) -> str:
+        """A report whose organisation and report-id are stored already."""
+        verified = item.envelope.verified
+        report_row, was_verified, stored_digest = conn.execute(
+            "SELECT id, verified, digest FROM report WHERE organization = ? AND report_id = ?",
+            (report.organization, report.report_id),
+        ).fetchone()
+        conn.execute("UPDATE report SET copies = copies + 1 WHERE id = ?", (report_row,))
+        if stored_digest == content:
+            if verified and not was_verified:
                 conn.execute("UPDATE report SET verified = 1 WHERE id = ?", (report_row,))
                 self._roll(conn, report_row, -1, verified=False)
                 conn.execute("UPDATE result SET verified = 1 WHERE report = ?", (report_row,))
                 self._roll(conn, report_row, 1, verified=True)
             return DUPLICATE
-        report_row = int(cursor.lastrowid or 0)
-        self.add_raw(
-            conn, item, STORED, domains=sorted({p.domain for p in report.policies}),
-            report_row=report_row,
-        )  # fmt: skip
+        if not verified or was_verified:
+            # Other content under a stored report's name, and no better
+            # claim to it: kept aside, the stored report stays as it is.
+            reason = f"differs from the stored report {report.organization} {report.report_id}"
+            self.add_raw(conn, item, REFUSED, reason, _domains(report))
+            return DUPLICATE
+        # A verified copy whose content differs from the unverified one we
+        # hold: the unverified one may be forged (anyone can POST), so the
+        # verified content replaces it, and the replaced input is kept raw.
+        raw_row = self.add_raw(conn, item, STORED, domains=_domains(report), report_row=report_row)
+        conn.execute(
+            "UPDATE raw SET outcome = ?, reason = ?, report = NULL WHERE report = ? AND id != ?",
+            (
+                REFUSED,
+                f"replaced by a DKIM-verified copy with other content (raw {raw_row})",
+                report_row,
+                raw_row,
+            ),
+        )
+        self._roll(conn, report_row, -1, verified=False)
+        conn.execute(
+            "DELETE FROM detail WHERE result IN (SELECT id FROM result WHERE report = ?)",
+            (report_row,),
+        )
+        conn.execute("DELETE FROM result WHERE report = ?", (report_row,))
+        conn.execute(
+            "UPDATE report SET contact = ?, start = ?, end = ?, received = ?, channel = ?, "
+            "verified = 1, quirks = ?, digest = ? WHERE id = ?",
+            (
+                report.contact,
+                report.start,
+                report.end,
+                item.received,
+                item.envelope.channel,
+                " ".join(report.quirks),
+                content,
+                report_row,
+            ),
+        )
+        self._add_results(conn, report_row, report, ties, verified=True)
+        return STORED
+
+    def _add_results(
+        self,
+        conn: sqlite3.Connection,
+        report_row: int,
+        report: Report,
+        ties: Sequence[Tie],
+        *,
+        verified: bool,
+    ) -> None:
+        """A stored report's result and detail rows, and its daily totals."""
         day = int(report.start // DAY)
-        verified = int(env.verified)
         for policy, tie in zip(report.policies, ties, strict=True):
             cursor = conn.execute(
                 "INSERT INTO result (report, domain, start, verified, policy_type, "
@@ -304,7 +420,7 @@ class Store:
                     report_row,
                     policy.domain,
                     report.start,
-                    int(env.verified),
+                    int(verified),
                     policy.policy_type,
                     json.dumps(policy.policy_string),
                     json.dumps(policy.mx_host),
@@ -315,14 +431,14 @@ class Store:
                 ),
             )
             result_row = cursor.lastrowid
-            totals = self._daily.setdefault((policy.domain, day, verified), [0, 0, 0])
+            totals = self._daily.setdefault((policy.domain, day, int(verified)), [0, 0, 0])
             totals[0] += 1
             totals[1] += policy.success
             totals[2] += policy.failure
             if not policy.details:
                 continue
             for d in policy.details:
-                key = (policy.domain, day, verified, d.result_type)
+                key = (policy.domain, day, int(verified), d.result_type)
                 self._daily_failure[key] = self._daily_failure.get(key, 0) + d.count
             conn.executemany(
                 "INSERT INTO detail (result, result_type, count, sending_mta_ip, "
@@ -344,7 +460,6 @@ class Store:
                     for d in policy.details
                 ],
             )
-        return STORED
 
     def _flush_daily(self, conn: sqlite3.Connection) -> None:
         """Add the daily totals gathered in this transaction (one upsert per
@@ -407,7 +522,8 @@ class Store:
         return int(reports), int(raws)
 
     def raw_body(self, raw_id: int) -> bytes:
-        """An input's bytes exactly as they were received."""
+        """An input's bytes exactly as they were received (only the first
+        ``HEAD_BYTES`` of one whose ``cut`` is set)."""
         row = self.conn.execute("SELECT body, packed FROM raw WHERE id = ?", (raw_id,)).fetchone()
         if row is None:
             raise StoreError(f"no raw input {raw_id}")
@@ -416,3 +532,30 @@ class Store:
     def outcomes(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT outcome, count(*) FROM raw GROUP BY outcome")
         return {str(outcome): int(n) for outcome, n in rows}
+
+
+def _domains(report: Report) -> list[str]:
+    return sorted({p.domain for p in report.policies})
+
+
+def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
+    """What ``Store.prune`` would drop: (reports, raw rows), read without
+    changing anything (the database is opened read-only, never created or
+    migrated)."""
+    if not path.exists():
+        return 0, 0
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            reports = conn.execute(
+                "SELECT count(*) FROM report WHERE received < ?", (now - keep_reports,)
+            ).fetchone()[0]
+            raws = conn.execute(
+                "SELECT count(*) FROM raw WHERE outcome != ? AND received < ?",
+                (STORED, now - keep_raw),
+            ).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read the report store: {exc}") from exc
+    return int(reports), int(raws)

@@ -353,8 +353,13 @@ def _add_report_route(app: Flask, config: ProviderConfig) -> None:
     receiver = Receiver(config)
 
     def tlsrpt() -> Response:
-        # nginx (nginx/policy-host-reports.conf) sets X-Real-IP; gunicorn
-        # listens where only nginx can reach it.
+        # Only at the host of the https: rua: every tenant's server block
+        # proxies to this app as well.
+        if not receiver.accepts(request_host(request.environ), request.path):
+            return _plain(404, "not found")
+        # nginx sets X-Real-IP to the client address wherever it proxies to
+        # the app (nginx/*.conf); gunicorn listens where only nginx can
+        # reach it.
         client = request.headers.get("X-Real-IP") or request.remote_addr or ""
         answer = receiver.receive(request.stream, request.content_length, request.mimetype, client)
         return _plain(answer.status, answer.text)
