@@ -185,6 +185,7 @@ def run(
     """Ingest everything under ``paths``; ``report`` hears of every input
     that was not stored (or a duplicate). Returns counts by outcome."""
     counts: Counter[str] = Counter()
+    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
     ingester.store.conn.execute("PRAGMA cache_size=-65536")
     listed = list(sources(paths))
     pool = None
