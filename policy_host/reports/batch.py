@@ -19,12 +19,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from policy_host.read.config import TlsrptSettings
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
-from policy_host.reports.model import MAIL, Envelope
+from policy_host.reports.model import MAIL, Envelope, FailureDetail, PolicyResult, Report
 from policy_host.reports.sources import file_input, is_maildir
 from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 
@@ -32,6 +33,8 @@ from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 BATCH = 500
 # Below this many inputs a pool costs more than it saves.
 POOL_FROM = 200
+# Inputs per message between a worker and the parent.
+INPUTS_PER_MESSAGE = 64
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,59 @@ def _head_and_digest(path: Path) -> tuple[bytes, int, str]:
     return head, size, digest.hexdigest()
 
 
+# A ``Done`` as a worker sends it: nested tuples of str, int, float and
+# bytes, which pickle and unpickle several times faster than the frozen
+# dataclasses they stand for (docs/performance.md).
+Packed = tuple[Any, ...]
+
+
+def prepare_packed(job: Job, source: Source | Done) -> Packed:
+    """``prepare`` in a worker process, its result packed for the parent."""
+    done = prepare(job, source)
+    new = None if done.maildir_new is None else str(done.maildir_new)
+    p = done.prepared
+    if p is None:
+        return (done.name, done.reason, new, None)
+    e, r = p.item.envelope, p.report
+    envelope = (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter)
+    report = None
+    if r is not None:
+        policies = tuple(
+            (q.policy_type, q.domain, q.policy_string, q.mx_host, q.success, q.failure,
+             tuple(astuple_detail(d) for d in q.details))
+            for q in r.policies
+        )  # fmt: skip
+        report = (r.organization, r.report_id, r.contact, r.start, r.end, policies, r.quirks)
+    item = (envelope, p.item.body, p.item.received, p.item.size, p.item.sha256)
+    return (done.name, done.reason, new, (item, report, p.outcome, p.reason))
+
+
+def astuple_detail(d: FailureDetail) -> tuple[Any, ...]:
+    return (
+        d.result_type, d.count, d.sending_mta_ip, d.receiving_mx_hostname,
+        d.receiving_mx_helo, d.receiving_ip, d.additional_information, d.failure_reason_code,
+    )  # fmt: skip
+
+
+def unpack(packed: Packed) -> Done:
+    """The ``Done`` a worker packed (in the parent)."""
+    name, reason, new, prepared = packed
+    maildir_new = None if new is None else Path(new)
+    if prepared is None:
+        return Done(name, None, reason, maildir_new)
+    (envelope, body, received, size, sha256), report, outcome, why = prepared
+    parsed = None
+    if report is not None:
+        org, report_id, contact, start, end, policies, quirks = report
+        results = tuple(
+            PolicyResult(kind, domain, strings, mx, ok, bad, tuple(FailureDetail(*d) for d in ds))
+            for kind, domain, strings, mx, ok, bad, ds in policies
+        )
+        parsed = Report(org, report_id, contact, start, end, results, quirks)
+    item = Received(Envelope(*envelope), body, received, size, sha256)
+    return Done(name, Prepared(item, parsed, outcome, why), reason, maildir_new)
+
+
 def mark_seen(message: Path) -> None:
     """Move a committed Maildir message from new/ to cur/ (flag S, seen)."""
     target = message.parent.parent / "cur" / (message.name + ":2,S")
@@ -166,15 +222,20 @@ def run(
     """Ingest everything under ``paths``; ``report`` hears of every input
     that was not stored (or a duplicate). Returns counts by outcome."""
     counts: Counter[str] = Counter()
+    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
+    ingester.store.conn.execute("PRAGMA cache_size=-65536")
     listed = list(sources(paths))
-    work = functools.partial(prepare, job)
     pool = None
     if jobs > 1 and len(listed) >= POOL_FROM:
         # fork: the workers need nothing but ``job``; the store stays here.
         pool = multiprocessing.get_context("fork").Pool(jobs)
+    pending: Iterator[Done]
     try:
-        done = pool.imap(work, listed, chunksize=64) if pool else map(work, listed)
-        pending = iter(done)
+        if pool is not None:
+            work = functools.partial(prepare_packed, job)
+            pending = map(unpack, pool.imap(work, listed, chunksize=INPUTS_PER_MESSAGE))
+        else:
+            pending = (prepare(job, source) for source in listed)
         while True:
             batch: list[Done] = []
             with ingester.store.transaction() as conn:
