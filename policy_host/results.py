@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from policy_host.errors import PolicyHostError
+from policy_host.sqlitedb import immediate, reading
 
 BUSY_TIMEOUT = 10.0
 
@@ -100,15 +101,8 @@ def _writing(
     except sqlite3.Error as exc:
         raise ResultsError(f"{path}: cannot open the results store: {exc}") from exc
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
     except sqlite3.Error as exc:
         raise ResultsError(f"{path}: cannot write the results store: {exc}") from exc
     finally:
@@ -118,19 +112,11 @@ def _writing(
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[sqlite3.Connection | None]:
     """A read-only connection, or None when nothing was ever stored."""
-    if not path.exists():
-        yield None
-        return
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        with reading(path) as conn:
+            yield conn
     except sqlite3.Error as exc:
         raise ResultsError(f"{path}: cannot read the results store: {exc}") from exc
-    try:
-        yield conn
-    except sqlite3.Error as exc:
-        raise ResultsError(f"{path}: cannot read the results store: {exc}") from exc
-    finally:
-        conn.close()
 
 
 def put_checks(path: Path, results: Iterable[CheckResult]) -> int:

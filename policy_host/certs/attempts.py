@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError
+from policy_host.sqlitedb import reading
 
 HOUR = 3600.0
 
@@ -101,16 +102,11 @@ class AttemptLog:
 def recorded_certificates(path: Path) -> dict[str, float]:
     """Every policy name with a valid certificate when ``certs`` last ran,
     and until when (read-only; a name not listed has none)."""
-    if not path.exists():
-        return {}
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute("SELECT host, not_after FROM certificates").fetchall()
-        finally:
-            db.close()
+        with reading(path) as db:
+            rows = db.execute("SELECT host, not_after FROM certificates").fetchall() if db else []
     except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+        if "no such table" in str(exc):  # written before certificates were recorded
             return {}
         raise PolicyHostError(f"{path}: cannot read what certs recorded: {exc}") from None
     return {host: float(not_after) for host, not_after in rows}
@@ -118,22 +114,8 @@ def recorded_certificates(path: Path) -> dict[str, float]:
 
 def recorded_until(path: Path, host: str) -> float | None:
     """Until when the certificate ``certs`` last found valid for ``host``
-    runs, from the file at ``path`` (read-only; None: none recorded)."""
-    if not path.exists():
-        return None
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            row = db.execute(
-                "SELECT not_after FROM certificates WHERE host = ?", (host,)
-            ).fetchone()
-        finally:
-            db.close()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):  # written before certificates were recorded
-            return None
-        raise PolicyHostError(f"{path}: cannot read what certs recorded: {exc}") from None
-    return float(row[0]) if row else None
+    runs (None: none recorded)."""
+    return recorded_certificates(path).get(host)
 
 
 @contextlib.contextmanager

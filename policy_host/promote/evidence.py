@@ -7,10 +7,8 @@ Reads the stores only, never DNS: `promote` and the status page see what
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from policy_host.read.config import ProviderConfig
 from policy_host.read.promotion import DAY, PromoteSettings, tenant_settings
 from policy_host.reports.model import OUR_SIDE
 from policy_host.results import CheckResult, read_checks
+from policy_host.sqlitedb import reading
 from policy_host.state import read_records
 
 _CHUNK = 500
@@ -50,18 +49,6 @@ def published_policies(state_db: Path) -> dict[str, Published]:
     return found
 
 
-@contextlib.contextmanager
-def _reports(path: Path) -> Iterator[sqlite3.Connection | None]:
-    if not path.exists():
-        yield None
-        return
-    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10.0)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 @dataclass
 class _Tally:
     success: int = 0
@@ -77,7 +64,7 @@ def report_evidence(
     """Per domain, what the reports that start in [since, until) say."""
     tallies = {d: _Tally() for d in domains}
     ours = sorted(OUR_SIDE)
-    with _reports(reports_db) as conn:
+    with reading(reports_db) as conn:
         for start in range(0, len(domains) if conn is not None else 0, _CHUNK):
             assert conn is not None
             chunk = list(domains[start : start + _CHUNK])
@@ -170,7 +157,7 @@ def failures_by_mx(
 ) -> dict[str, dict[str, dict[int, int]]]:
     """Failed sessions per domain, receiving MX and UTC day in [first_day, last_day]."""
     found: dict[str, dict[str, dict[int, int]]] = {}
-    with _reports(reports_db) as conn:
+    with reading(reports_db) as conn:
         for start in range(0, len(domains) if conn is not None else 0, _CHUNK):
             assert conn is not None
             chunk = list(domains[start : start + _CHUNK])

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError
 from policy_host.reports.model import HTTPS, Envelope, Report
+from policy_host.sqlitedb import immediate, reading
 
 BUSY_TIMEOUT = 10.0
 
@@ -246,20 +247,12 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self.conn
         self._daily.clear()
         self._daily_failure.clear()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self.conn) as conn:
                 yield conn
                 self._flush_daily(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write the report store: {exc}") from exc
 
@@ -542,11 +535,10 @@ def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) ->
     """What ``Store.prune`` would drop: (reports, raw rows), read without
     changing anything (the database is opened read-only, never created or
     migrated)."""
-    if not path.exists():
-        return 0, 0
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
-        try:
+        with reading(path) as conn:
+            if conn is None:
+                return 0, 0
             reports = conn.execute(
                 "SELECT count(*) FROM report WHERE received < ?", (now - keep_reports,)
             ).fetchone()[0]
@@ -554,8 +546,6 @@ def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) ->
                 "SELECT count(*) FROM raw WHERE outcome != ? AND received < ?",
                 (STORED, now - keep_raw),
             ).fetchone()[0]
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot read the report store: {exc}") from exc
     return int(reports), int(raws)

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from policy_host.sqlitedb import immediate
 from policy_host.state.rows import (
     ACTIVE,
     BUSY_TIMEOUT,
@@ -75,20 +76,9 @@ class Store:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._conn) as conn:
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # SQLite may have rolled back by itself already (SQLITE_FULL
-                # when the disk is full): ROLLBACK's own error ("no
-                # transaction is active") must not hide the one that did it.
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot write the apply state: {exc}") from exc
 

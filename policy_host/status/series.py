@@ -7,23 +7,11 @@ policy versions senders said they used (RFC 8460 section 4.3).
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[sqlite3.Connection | None]:
-    if not path.exists():
-        yield None
-        return
-    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10.0)
-    try:
-        yield conn
-    finally:
-        conn.close()
+from policy_host.sqlitedb import reading
 
 
 def daily_totals(
@@ -33,7 +21,7 @@ def daily_totals(
     found: dict[str, dict[int, tuple[int, int]]] = {d: {} for d in domains}
     if not domains:
         return found
-    with _reading(reports_db) as conn:
+    with reading(reports_db) as conn:
         if conn is None:
             return found
         for domain, day, success, failure in conn.execute(
@@ -60,7 +48,7 @@ class TenantSeries:
 def tenant_series(reports_db: Path, domain: str, first: int, last: int) -> TenantSeries:
     series = TenantSeries(list(range(first, last + 1)))
     series.totals = daily_totals(reports_db, [domain], first, last)[domain]
-    with _reading(reports_db) as conn:
+    with reading(reports_db) as conn:
         if conn is None:
             return series
         for day, result_type, count in conn.execute(
