@@ -309,6 +309,8 @@ EXPOSURE = {
     "policy-host.service": 2.0,
     "policy-host-apply.service": 3.0,
     "policy-host-check.service": 3.0,
+    "policy-host-reports-prune.service": 2.0,
+    "policy-host-reports-metrics.service": 2.0,
     # Runs as root: certbot's files and nginx's reload are root's.
     "policy-host-certs.service": 6.5,
 }
@@ -324,8 +326,13 @@ def test_every_service_unit_is_sandboxed(name: str) -> None:
     if service.get("User"):
         for key, value in UNPRIVILEGED.items():
             assert service.get(key) == value, (name, key)
-        # Writable: its own state (and runtime) folder only.
-        assert "ReadWritePaths" not in service, name
+        # Writable: its own state (and runtime) folder only, and for the
+        # metrics unit node_exporter's textfile folder (if there is one).
+        extra = {"policy-host-reports-metrics.service": "-/var/lib/prometheus/node-exporter"}
+        if name in extra:
+            assert service.get("ReadWritePaths") == extra[name], name
+        else:
+            assert "ReadWritePaths" not in service, name
     else:
         assert name == "policy-host-certs.service", f"{name} runs as root"
         raw = (DEPLOY / name).read_text()
