@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from policy_host.errors import PolicyHostError
-from policy_host.sqlitedb import immediate, reading
-
-BUSY_TIMEOUT = 10.0
+from policy_host.sqlitedb import BUSY_TIMEOUT, immediate, reading
 
 # Event kinds.
 PROMOTED = "promoted"

@@ -27,9 +27,7 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError
 from policy_host.reports.model import HTTPS, Envelope, Report
-from policy_host.sqlitedb import immediate, reading
-
-BUSY_TIMEOUT = 10.0
+from policy_host.sqlitedb import BUSY_TIMEOUT, immediate, reading
 
 # What became of an input (raw.outcome).
 STORED = "stored"

@@ -25,6 +25,7 @@ paths, and knows nothing of the provider config or the steps above it.
 
 from __future__ import annotations
 
+from policy_host.sqlitedb import BUSY_TIMEOUT
 from policy_host.state.read import (
     fallback_policies,
     history,
@@ -35,7 +36,6 @@ from policy_host.state.read import (
 )
 from policy_host.state.rows import (
     ACTIVE,
-    BUSY_TIMEOUT,
     CHANGE,
     DELETE,
     GONE,

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from policy_host.sqlitedb import BUSY_TIMEOUT
 from policy_host.state.rows import (
     ACTIVE,
-    BUSY_TIMEOUT,
     SERVED_FROM_HISTORY,
     SERVED_SINCE,
     TLSRPT_SINCE,

@@ -30,8 +30,6 @@ SERVED_SINCE = 3
 SERVED_KEEP = MAX_AGE_LIMIT
 # History rows kept per tenant (the newest ones).
 HISTORY_KEEP = 20
-# Seconds a reader or writer waits for another's transaction to finish.
-BUSY_TIMEOUT = 10.0
 
 # Committed status of a tenant.
 UNPUBLISHED = "unpublished"  # nothing committed yet (only a pending change)
@@ -52,8 +50,6 @@ RECORDED = "recorded"
 SERVED = "served"
 PUBLISHED = "published"
 STEPS = (RECORDED, SERVED, PUBLISHED)
-
-# RFC 8461 section 3.1: id is 1-32 ASCII letters and digits.
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tenant (

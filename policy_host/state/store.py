@@ -7,10 +7,9 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from policy_host.sqlitedb import immediate
+from policy_host.sqlitedb import BUSY_TIMEOUT, immediate
 from policy_host.state.rows import (
     ACTIVE,
-    BUSY_TIMEOUT,
     CHANGE,
     DELETE,
     GONE,
