@@ -193,3 +193,15 @@ def test_report_mail_through_postfix_and_dkim(mta: Mta) -> None:
     assert log.count("relay=tlsrpt") == len(CASES)
     assert "status=bounced" not in log and "status=deferred" not in log
     assert f"dkim d={SUBMITTER} s=good" in [a for o, a, _ in rows if o == "stored"]
+
+
+def test_postfix_refuses_addresses_the_maps_do_not_list(mta: Mta) -> None:
+    """The rua passes Postfix's recipient check because the transport map
+    is in local_recipient_maps (docs/reports.md); any other local address
+    is refused at RCPT TO, so nothing else reaches the pipe."""
+    with smtplib.SMTP(LOOPBACK, SMTP_PORT, timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.mail(f"tlsrpt@{SUBMITTER}")
+        code, answer = smtp.rcpt("postmaster-unknown@provider.example")
+        assert code == 550 and b"User unknown" in answer, (code, answer)
+        assert smtp.rcpt(RUA_ADDRESS)[0] == 250

@@ -62,9 +62,9 @@ PIPE_USER = "nobody"
 RUA_ADDRESS = "tlsrpt@provider.example"
 TIMEOUT = 60
 
-# main.cf: the provider's domain is local, any recipient there is taken
-# (local_recipient_maps empty), and the transport map from docs/reports.md
-# sends the rua mailbox to the pipe.
+# main.cf as docs/reports.md has it: the provider's domain is local, the
+# transport map sends the rua mailbox to the pipe, and the same map lists
+# it as a local recipient (smtpd refuses other addresses, "User unknown").
 MAIN_CF = """\
 compatibility_level = 3.6
 queue_directory = {root}/queue
@@ -78,7 +78,7 @@ inet_interfaces = {loopback}
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 transport_maps = hash:{root}/conf/transport
-local_recipient_maps =
+local_recipient_maps = hash:{root}/conf/transport
 maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 smtputf8_enable = no
