@@ -21,6 +21,7 @@ DKIM-verified. The server and the pipe run as the service user (here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ import pytest
 from support.dnsservers import KnotServer, Zone
 from support.netns import NetNamespace
 from support.postfix import (
+    PIPE_USER,
     RUA_ADDRESS,
     Postfix,
     as_pipe_user,
@@ -95,7 +97,7 @@ def provider() -> Iterator[Provider]:
         config = service_tree(root, unverified="require", dns_port=DNS_PORT)
         run = root / "run"
         run.mkdir()
-        shutil.chown(run, "nobody")
+        shutil.chown(run, PIPE_USER)
         socket_path = run / "gunicorn.sock"
         text = config.path.read_text()
         assert "bind: 127.0.0.1:8080" in text
@@ -173,11 +175,7 @@ def _reporter_config(work: Path, provider: Provider) -> Path:
         "--header 'Content-Type: application/tlsrpt+gzip' --data-binary @-"
     )
     sign = [_tool("dkimsign"), SELECTOR, SUBMITTER, str(provider.dkim_key)]
-    sendmail = (
-        " ".join(shlex.quote(a) for a in sign)
-        + " | "
-        + shlex.join(provider.postfix.sendmail_argv())
-    )
+    sendmail = f"{shlex.join(sign)} | {shlex.join(provider.postfix.sendmail_argv())}"
     cfg = work / "tlsrpt.cfg"
     cfg.write_text(
         f"""[tlsrpt_collectd]
@@ -219,7 +217,7 @@ def _read(db: Path, sql: str) -> list[tuple[object, ...]]:
     if not db.exists():
         return []
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
             return conn.execute(sql).fetchall()
     except sqlite3.OperationalError:
         return []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pwd
 import shutil
 import subprocess
 import sysconfig
@@ -193,7 +194,8 @@ def pipe_command() -> list[str]:
 def as_pipe_user() -> list[str]:
     """A prefix that runs a command as the pipe user, in the same process
     (setpriv execs: the PID a Daemon stops is the command's own)."""
-    return [require_binary("setpriv"), f"--reuid={PIPE_USER}", "--regid=nogroup",
+    gid = pwd.getpwnam(PIPE_USER).pw_gid
+    return [require_binary("setpriv"), f"--reuid={PIPE_USER}", f"--regid={gid}",
             "--init-groups", "--"]  # fmt: skip
 
 
