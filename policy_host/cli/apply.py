@@ -185,6 +185,7 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
             else:
                 rdata = txt_rdata(hosted.value).to_text()
                 print(f"    {hosted.name} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
+    _print_propagation(report, out)
     if report.failure is not None:
         return
     count = len(plan.changes)
@@ -200,6 +201,18 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
         print(f"apply: {summary}; served, published and confirmed", file=sys.stderr)
     else:
         print(f"apply: {summary}", file=sys.stderr)
+
+
+def _print_propagation(report: Report, out: TextIO) -> None:
+    """Per authoritative server: the delay until it showed the run's
+    changes, or what it answered instead."""
+    by_zone: dict[str, list[str]] = {}
+    for arrival in report.propagation:
+        by_zone.setdefault(arrival.zone, []).append(arrival.describe())
+    for zone, lines in by_zone.items():
+        print(f"authoritative servers of {zone} (delay since the UPDATE):", file=out)
+        for line in lines:
+            print(f"    {line}", file=out)
 
 
 def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:

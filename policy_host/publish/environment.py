@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import dns.update
 
+from policy_host.authdns import Nameserver, authoritative_servers, recursive_resolve
 from policy_host.fetch import client_context, fetch_app, fetch_from
+from policy_host.publish.propagation import Authority
 from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
 from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
@@ -41,6 +43,9 @@ Hook = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
 # domain -> whether mta-sts.<domain> has a valid certificate now.
 Certified = Callable[[str], bool]
+# zone apex -> every authoritative server to confirm a change of it at,
+# the primary first (``authoritative``).
+Authorities = Callable[[str], Sequence[Authority]]
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class Environment:
     certified: Certified | None = None
     # None: the upstreams alone are verified.
     workers: AppWorkers | None = None
+    # None: a change is confirmed at the primary alone.
+    authorities: Authorities | None = None
 
 
 def settle_time(watch_interval: float) -> float:
@@ -158,7 +165,27 @@ def real_environment(config: ProviderConfig) -> Environment:
         settle=settle_time(WATCH_INTERVAL),
         certified=certificate_check(config) if config.acme.configured else None,
         workers=app_workers(config),
+        authorities=authority_finder(config) if dns_client is not None else None,
     )
+
+
+def authority_finder(config: ProviderConfig) -> Authorities | None:
+    """The servers a change is confirmed at (``read.authoritative``): the
+    primary, then the listed servers or the zone's NS set; None when only
+    the primary is asked."""
+    settings = config.authoritative
+    if config.dns.primary is None or not settings.configured:
+        return None
+    primary = Nameserver(config.dns.primary, config.dns.timeout, primary=True)
+    resolvers = [config.dns.resolver] if config.dns.resolver is not None else []
+    resolve = recursive_resolve(resolvers, config.dns.timeout)
+
+    def find(zone: str) -> Sequence[Authority]:
+        return authoritative_servers(
+            primary, zone, listed=settings.servers, from_ns=settings.from_ns, resolve=resolve
+        )
+
+    return find
 
 
 def app_workers(config: ProviderConfig) -> AppWorkers:
