@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.flags
@@ -24,6 +25,9 @@ import dns.resolver
 
 from policy_host.errors import PolicyHostError
 from policy_host.records import txt_bytes
+
+if TYPE_CHECKING:
+    from policy_host.read.config import ProviderConfig
 
 # RFC 1982 section 3.2: serials are compared in a 32-bit circle.
 SERIAL_BITS = 32
@@ -111,6 +115,15 @@ class Nameserver:
                 serial: int = rrset[0].serial
                 return serial
         raise AuthDnsError(f"{self.label} has no SOA for {zone}")
+
+    def apex(self, name: str) -> str:
+        """The zone ``name`` belongs to on this server (the SOA's owner)."""
+        response = self._ask(name, "SOA")
+        for section in (response.answer, response.authority):
+            for rrset in section:
+                if rrset.rdtype == dns.rdatatype.SOA:
+                    return str(rrset.name)
+        raise AuthDnsError(f"{self.label} is not authoritative for {name} (no SOA)")
 
     def ns_names(self, zone: str) -> list[str]:
         """The zone's NS set as this server holds it."""
@@ -205,3 +218,22 @@ def authoritative_servers(
             seen.add(other.server)
             servers.append(other)
     return servers
+
+
+def configured_servers(config: ProviderConfig) -> Callable[[str], list[Nameserver]] | None:
+    """zone apex -> the servers the config names for it (``authoritative``):
+    the primary first, then the listed servers or the zone's NS set; None
+    when there is no primary or nothing besides it is to be asked."""
+    settings = config.authoritative
+    if config.dns.primary is None or not settings.configured:
+        return None
+    primary = Nameserver(config.dns.primary, config.dns.timeout, primary=True)
+    resolvers = [config.dns.resolver] if config.dns.resolver is not None else []
+    resolve = recursive_resolve(resolvers, config.dns.timeout)
+
+    def find(zone: str) -> list[Nameserver]:
+        return authoritative_servers(
+            primary, zone, listed=settings.servers, from_ns=settings.from_ns, resolve=resolve
+        )
+
+    return find

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import dns.update
 
-from policy_host.authdns import Nameserver, authoritative_servers, recursive_resolve
+from policy_host.authdns import configured_servers
 from policy_host.fetch import client_context, fetch_app, fetch_from
 from policy_host.publish.propagation import Authority
 from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
@@ -170,22 +170,9 @@ def real_environment(config: ProviderConfig) -> Environment:
 
 
 def authority_finder(config: ProviderConfig) -> Authorities | None:
-    """The servers a change is confirmed at (``read.authoritative``): the
-    primary, then the listed servers or the zone's NS set; None when only
-    the primary is asked."""
-    settings = config.authoritative
-    if config.dns.primary is None or not settings.configured:
-        return None
-    primary = Nameserver(config.dns.primary, config.dns.timeout, primary=True)
-    resolvers = [config.dns.resolver] if config.dns.resolver is not None else []
-    resolve = recursive_resolve(resolvers, config.dns.timeout)
-
-    def find(zone: str) -> Sequence[Authority]:
-        return authoritative_servers(
-            primary, zone, listed=settings.servers, from_ns=settings.from_ns, resolve=resolve
-        )
-
-    return find
+    """The servers a change is confirmed at (``read.authoritative``); None
+    when only the primary is asked."""
+    return configured_servers(config)
 
 
 def app_workers(config: ProviderConfig) -> AppWorkers:
