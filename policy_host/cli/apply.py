@@ -46,7 +46,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "TSIG-signed DNS UPDATE to the primary, confirm it there and at every other "
         "authoritative server of the zone (the config's authoritative section), then record "
         "it (RFC 8461 section 8). Removed tenants serve 'mode: none' until their longest "
-        "max_age has run out, then their TXT is deleted. A run that stops is completed by the next one.",
+        "max_age has run out, then their TXT is deleted. A run that stops is completed by "
+        "the next one.",
     )
     p.add_argument(
         "--dry-run",
