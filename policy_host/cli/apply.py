@@ -218,11 +218,12 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
 def _print_propagation(report: Report, out: TextIO) -> None:
     """Per authoritative server: the delay until it showed the run's
     changes, or what it answered instead."""
-    by_zone: dict[str, list[str]] = {}
+    by_zone: dict[tuple[str, str], list[str]] = {}
     for arrival in report.propagation:
-        by_zone.setdefault(arrival.zone, []).append(arrival.describe())
-    for zone, lines in by_zone.items():
-        print(f"authoritative servers of {zone} (delay since the UPDATE):", file=out)
+        by_zone.setdefault((arrival.zone, arrival.step), []).append(arrival.describe())
+    for (zone, step), lines in by_zone.items():
+        what = "hosted TLS-RPT records" if step == "tlsrpt" else "ids"
+        print(f"authoritative servers of {zone}, {what} (delay since the UPDATE):", file=out)
         for line in lines:
             print(f"    {line}", file=out)
 

@@ -52,6 +52,8 @@ class Arrival:
     # What it answered instead (None once it showed the change).
     problem: str | None = None
     primary_serial: int | None = None
+    # Which records: the ids (``confirm``) or the hosted TLS-RPT ones (``tlsrpt``).
+    step: str = ""
 
     @property
     def caught_up(self) -> bool:
@@ -61,6 +63,7 @@ class Arrival:
         return {
             "server": self.server,
             "zone": self.zone,
+            "step": self.step,
             "serial": self.serial,
             "primary_serial": self.primary_serial,
             "confirmed": self.caught_up,

@@ -9,6 +9,7 @@ runs out, then names what was seen.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import time
 from collections.abc import Mapping
@@ -176,7 +177,7 @@ def confirm_authorities(
         sleep=env.sleep,
         progress=lambda done, total: env.progress(step, done, total),
     )
-    arrivals.extend(found)
+    arrivals.extend(dataclasses.replace(arrival, step=step) for arrival in found)
     problem = lag_message(found, wait)
     if problem is not None:
         raise ApplyError(step, domains, problem)

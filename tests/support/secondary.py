@@ -125,7 +125,11 @@ class KnotSecondary(Managed):
             "zone:",
         ]
         for origin in self.zones:
-            lines += [f"  - domain: {_quote(origin)}", "    master: primary", "    acl: from_primary"]
+            lines += [
+                f"  - domain: {_quote(origin)}",
+                "    master: primary",
+                "    acl: from_primary",
+            ]
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def _ready(self) -> bool:
@@ -188,3 +192,12 @@ def primary_and_secondary(
         origins = [z.origin for z in primary.test_zones]
         with KnotSecondary(primary.port, origins, port=secondary_port) as secondary:
             yield primary, secondary
+
+
+def knot_at_serial(zones: Sequence[Zone], serial: int) -> KnotServer:
+    """A standalone knotd (no secondary of anything) serving ``zones`` from
+    SOA ``serial`` on: a server that claims the primary's version of a zone
+    with other contents."""
+    server = KnotServer(zones)
+    server._serials.update({zone.origin: serial for zone in server.test_zones})
+    return server
