@@ -38,11 +38,11 @@ from support.fixtures_dns import default_dns_zones, require_dns_binaries
 from support.procs import LOOPBACK
 from support.secondary import KnotSecondary, NotifyingKnot, knot_at_serial, primary_and_secondary
 
-from policy_host.authdns import Nameserver, ns_servers, serial_behind
+from policy_host.authdns import Nameserver, configured_servers, ns_servers, serial_behind
 from policy_host.cli.apply import print_report
 from policy_host.cli.main import main
 from policy_host.publish.apply import Report, run
-from policy_host.publish.environment import Environment, authority_finder
+from policy_host.publish.environment import Environment
 from policy_host.publish.steps import COMMIT, CONFIRM, TLSRPT
 from policy_host.read.config import ProviderConfig
 from policy_host.state import ACTIVE, WITHDRAWING, hosted_tlsrpt, published_ids, read_records
@@ -87,7 +87,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         provider = make_provider(tmp_path / "p", primary_port=primary.port, key=key, extra=extra)
         config = provider.config()
         env = environment(config, InProcessServer(config), FakeClock())
-        env = dataclasses.replace(env, authorities=authority_finder(config))
+        env = dataclasses.replace(env, authorities=configured_servers(config))
         yield Pair(primary, secondary, provider, config, env)
 
 

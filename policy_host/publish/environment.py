@@ -165,14 +165,9 @@ def real_environment(config: ProviderConfig) -> Environment:
         settle=settle_time(WATCH_INTERVAL),
         certified=certificate_check(config) if config.acme.configured else None,
         workers=app_workers(config),
-        authorities=authority_finder(config) if dns_client is not None else None,
+        # The primary, then the authoritative section's servers.
+        authorities=configured_servers(config),
     )
-
-
-def authority_finder(config: ProviderConfig) -> Authorities | None:
-    """The servers a change is confirmed at (``read.authoritative``); None
-    when only the primary is asked."""
-    return configured_servers(config)
 
 
 def app_workers(config: ProviderConfig) -> AppWorkers:
