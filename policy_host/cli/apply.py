@@ -5,7 +5,9 @@ Exit status as everywhere in ``cli``: 0 ok; 1 a tenant file has an error
 file); 3 a step failed (the report says which, for which tenants; rerun
 `apply` once it is fixed and it takes up where this run stopped); 4 done,
 but a new tenant's first id waits for its certificate (run `policy-host
-certs DOMAIN`; the next `apply` publishes it).
+certs DOMAIN`; the next `apply` publishes it). `zone --servers`: 0 every
+authoritative server agrees with the primary; 1 one lags, disagrees or does
+not answer; 2 no `authoritative` section or no primary to compare with.
 """
 
 from __future__ import annotations
