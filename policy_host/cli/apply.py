@@ -5,7 +5,9 @@ Exit status as everywhere in ``cli``: 0 ok; 1 a tenant file has an error
 file); 3 a step failed (the report says which, for which tenants; rerun
 `apply` once it is fixed and it takes up where this run stopped); 4 done,
 but a new tenant's first id waits for its certificate (run `policy-host
-certs DOMAIN`; the next `apply` publishes it).
+certs DOMAIN`; the next `apply` publishes it). `zone --servers`: 0 every
+authoritative server agrees with the primary; 1 one lags, disagrees or does
+not answer; 2 no `authoritative` section or no primary to compare with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from policy_host.cli.output import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_PROBLEMS,
+    EXIT_USAGE,
     EXIT_WAITING,
     PROGRESS_FROM,
     Progress,
@@ -42,9 +45,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="serve changed policies, then publish their new ids in DNS",
         description="Validate the tenants; for each new, changed or removed tenant serve the "
         "new policy (reload the server, verify every upstream), then publish a new id with a "
-        "TSIG-signed DNS UPDATE to the primary, confirm it there and record it (RFC 8461 "
-        "section 8). Removed tenants serve 'mode: none' until their longest max_age has run "
-        "out, then their TXT is deleted. A run that stops is completed by the next one.",
+        "TSIG-signed DNS UPDATE to the primary, confirm it there and at every other "
+        "authoritative server of the zone (the config's authoritative section), then record "
+        "it (RFC 8461 section 8). Removed tenants serve 'mode: none' until their longest "
+        "max_age has run out, then their TXT is deleted. A run that stops is completed by "
+        "the next one.",
     )
     p.add_argument(
         "--dry-run",
@@ -60,8 +65,17 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="the provider zone's TXT records, from the apply state (zone-file form)",
         description="Print every published <domain>.<id_zone> TXT record in zone-file form, "
         "for providers whose DNS takes no dynamic updates. Only ids whose policies apply has "
-        "served and verified are printed.",
+        "served and verified are printed. With --servers, instead ask every authoritative "
+        "server of the id zone (the config's authoritative section) whether it lags behind "
+        "the primary (SOA serial) or disagrees with it (the TXT records of every tenant in "
+        "the state); exit status 1 when one does.",
     )
+    p.add_argument(
+        "--servers",
+        action="store_true",
+        help="compare every authoritative server of the id zone with the primary",
+    )
+    p.add_argument("--json", action="store_true", help="with --servers: machine-readable")
     p.set_defaults(handler=cmd_zone)
 
 
@@ -185,6 +199,7 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
             else:
                 rdata = txt_rdata(hosted.value).to_text()
                 print(f"    {hosted.name} {config.dns.txt_ttl} IN TXT {rdata}", file=out)
+    _print_propagation(report, out)
     if report.failure is not None:
         return
     count = len(plan.changes)
@@ -202,12 +217,52 @@ def print_report(report: Report, config: ProviderConfig, out: TextIO) -> None:
         print(f"apply: {summary}", file=sys.stderr)
 
 
+def _print_propagation(report: Report, out: TextIO) -> None:
+    """Per authoritative server: the delay until it showed the run's
+    changes, or what it answered instead."""
+    by_zone: dict[tuple[str, str], list[str]] = {}
+    for arrival in report.propagation:
+        by_zone.setdefault((arrival.zone, arrival.step), []).append(arrival.describe())
+    for (zone, step), lines in by_zone.items():
+        what = "hosted TLS-RPT records" if step == "tlsrpt" else "ids"
+        print(f"authoritative servers of {zone}, {what} (delay since the UPDATE):", file=out)
+        for line in lines:
+            print(f"    {line}", file=out)
+
+
+def _zone_servers(args: argparse.Namespace, config: ProviderConfig, names: list[str]) -> int:
+    """`zone --servers`: each authoritative server against the primary."""
+    from policy_host.check.authoritative import survey
+
+    found = survey(config, names)
+    if found is None:
+        print(
+            "policy-host zone: --servers needs dns.primary and an authoritative section "
+            "(servers: a list, or ns for the zone's NS set)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.json:
+        json.dump(found.as_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(f"authoritative servers of {found.zone} ({len(names)} names compared):")
+        for line in found.lines():
+            print(f"  {line}")
+    return EXIT_OK if found.ok else EXIT_PROBLEMS
+
+
 def cmd_zone(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.publish.plan import iso
     from policy_host.publish.update import id_record_value, record_name, txt_rdata
     from policy_host.state import ACTIVE, WITHDRAWING, hosted_tlsrpt, read_records
 
     records = read_records(config.state_db)
+    if args.servers:
+        return _zone_servers(args, config, [record_name(config, d) for d in records])
+    if args.json:
+        print("policy-host zone: --json goes with --servers", file=sys.stderr)
+        return EXIT_USAGE
     out = sys.stdout
     print(f"; MTA-STS id records (RFC 8461 section 3.1) below {config.id_zone}.", file=out)
     print(f"; From {config.state_db}; 'policy-host apply' rotates the ids.", file=out)

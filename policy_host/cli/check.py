@@ -22,6 +22,7 @@ from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig, parse_server
 
 if TYPE_CHECKING:
+    from policy_host.check.authoritative import Survey
     from policy_host.check.reasons import TenantReport
     from policy_host.model import Tenant
 
@@ -34,12 +35,16 @@ CNAME to <domain>.<id_zone>, where one valid v=STSv1 TXT record carries the id l
 published; every MX host matches the policy (RFC 8461 section 4.1); _smtp._tls.<domain>
 has one valid TLS-RPT record; no CAA record forbids the certificate authority. With
 --https, also fetch each policy as a sender would and compare it byte for byte.
+With an `authoritative` section in the config, also ask every authoritative server
+of the id zone directly whether it lags behind the primary (SOA serial) or disagrees
+with it (TXT records of the checked tenants).
 """
 
 EPILOG = """\
 Exit status: 0 no tenant failed (warnings are shown but pass unless --strict);
-1 a tenant failed or the guard raised an alert (MX drift of an enforce tenant, a
-rise of failures to one MX); 2 usage or provider-config error. Every reason has a stable code
+1 a tenant failed, an authoritative server lags, disagrees or does not answer, or
+the guard raised an alert (MX drift of an enforce tenant, a rise of failures to one
+MX); 2 usage or provider-config error. Every reason has a stable code
 (see README, or --json).
 """
 
@@ -142,6 +147,7 @@ def register(
 def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.certs.account import account_uris
     from policy_host.check import dnsclient
+    from policy_host.check.authoritative import survey
     from policy_host.check.context import CheckContext
     from policy_host.check.parallel import run_checks
     from policy_host.check.reasons import invalid_tenant_report
@@ -189,8 +195,11 @@ def cmd_check(args: argparse.Namespace, config: ProviderConfig) -> int:
     now = time.time()
     _store_results(config, reports, now)
     guard = guard_step(config, tenants, reports, now, apply=not args.no_apply)
-    counts = _show(args, config, reports, servers, elapsed, client.queries, guard)
+    authorities = survey(config, [config.id_record_target(t.domain) + "." for t in tenants])
+    counts = _show(args, config, reports, servers, elapsed, client.queries, guard, authorities)
     if counts["fail"] or (args.strict and counts["warn"]) or guard["alerts"] or guard["errors"]:
+        return EXIT_PROBLEMS
+    if authorities is not None and not authorities.ok:
         return EXIT_PROBLEMS
     return EXIT_OK
 
@@ -270,6 +279,7 @@ def _show(
     elapsed: float,
     queries: int,
     guard: dict[str, Any],
+    authorities: Survey | None,
 ) -> dict[str, int]:
     """The table or the JSON, and the summary line; the count per status."""
     resolver = ", ".join(f"{a}:{p}" for a, p in servers)
@@ -285,6 +295,7 @@ def _show(
                 "summary": {"tenants": len(reports), **counts},
                 "tenants": [r.as_dict() for r in reports],
                 "guard": guard,
+                "authoritative": authorities.as_dict() if authorities is not None else None,
             },
             sys.stdout,
             indent=2,
@@ -294,6 +305,10 @@ def _show(
         shown = [r for r in reports if r.status != "ok"] if args.problems else reports
         sys.stdout.write(format_table(shown, verbose=args.verbose))
         sys.stdout.write(format_guard(guard))
+        if authorities is not None:
+            print(f"authoritative servers of {authorities.zone}:")
+            for line in authorities.lines():
+                print(f"  {line}")
     print(
         f"checked {len(reports)} tenants in {elapsed:.1f} s through {resolver}: "
         f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail",

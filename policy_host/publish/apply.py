@@ -13,7 +13,8 @@ policy at once and caches it under that id, so a new policy must be served
    those bytes, and those of every planned change, and that every worker
    of the app behind them holds the snapshot just written;
 4. publish: one TSIG-signed RFC 2136 UPDATE per batch to the primary;
-5. confirm by reading the TXT records back from the primary; commit.
+5. confirm by reading the TXT records back from the primary, then from
+   every other authoritative server of the zone (``authoritative``); commit.
 
 Every step can be repeated, so a run that stops anywhere (an error, a
 crash) is completed by the next one.
@@ -32,6 +33,7 @@ from policy_host.errors import PolicyHostError, Problem
 from policy_host.fileio import LockHeld, locked
 from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
+from policy_host.publish.propagation import Arrival
 from policy_host.publish.steps import (
     COMMIT,
     CONFIRM,
@@ -53,7 +55,12 @@ from policy_host.publish.update import (
     record_name,
     update_text,
 )
-from policy_host.publish.verify import confirm_txt, verify_upstreams, verify_workers
+from policy_host.publish.verify import (
+    confirm_authorities,
+    confirm_txt,
+    verify_upstreams,
+    verify_workers,
+)
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
@@ -93,6 +100,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # New tenants served but not published: no valid certificate yet.
     held: list[str] = field(default_factory=list)
+    # Per authoritative server: when it showed the run's changes.
+    propagation: list[Arrival] = field(default_factory=list)
     failure: ApplyError | None = None
 
     @property
@@ -115,6 +124,7 @@ class Report:
             "manual_dns": self.manual_dns,
             "steps_done": self.steps,
             "waiting_for_certificate": self.held,
+            "propagation": [a.as_dict() for a in self.propagation],
             "problems": [p.as_dict() for p in self.problems],
             "failure": self.failure.as_dict() if self.failure else None,
         }
@@ -287,6 +297,7 @@ def _publish_tlsrpt(
         report.manual_dns = True
     else:
         assert config.tlsrpt.zone is not None  # (planned only with a zone)
+        sent = time.monotonic()
         try:
             zone = env.dns.zone_for(config.tlsrpt.zone + ".")
             for start in range(0, len(changes), BATCH_SIZE):
@@ -296,7 +307,11 @@ def _publish_tlsrpt(
                 env.dns.send(update)
         except PublishError as exc:
             raise ApplyError(TLSRPT, domains, str(exc)) from None
-        confirm_txt(config, env, {c.name: (c.domain, c.value) for c in changes}, TLSRPT)
+        wanted = {c.name: (c.domain, c.value) for c in changes}
+        confirm_txt(config, env, wanted, TLSRPT)
+        confirm_authorities(
+            config, env, zone, wanted, TLSRPT, sent=sent, arrivals=report.propagation
+        )
     store.set_tlsrpt({c.domain: c.value for c in changes})
     _done(env, report, TLSRPT)
 
@@ -363,6 +378,7 @@ def _execute(
         report.manual_dns = True
     else:
         assert report.zone is not None
+        sent = time.monotonic()
         for batch in _batches(changes):
             update = build_update(
                 report.zone, _txt_changes(config, batch), config.dns.txt_ttl, env.dns.key
@@ -374,8 +390,13 @@ def _execute(
                 raise ApplyError(PUBLISH, [c.domain for c in batch], str(exc)) from None
         store.mark(domains, PUBLISHED, env.clock())
         _done(env, report, PUBLISH)
-        confirm_txt(
-            config, env, {record_name(config, c.domain): (c.domain, c.txt) for c in changes}
+        wanted = {record_name(config, c.domain): (c.domain, c.txt) for c in changes}
+        confirm_txt(config, env, wanted)
+        # RFC 8461 section 8: confirmed only once every authoritative
+        # server answers the new records; until then the state keeps the
+        # change pending and a rerun takes it up with the same ids.
+        confirm_authorities(
+            config, env, report.zone, wanted, CONFIRM, sent=sent, arrivals=report.propagation
         )
         _done(env, report, CONFIRM)
     store.commit(domains, env.clock(), confirmed=env.dns is not None)

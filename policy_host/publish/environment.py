@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import dns.update
 
+from policy_host.authdns import configured_servers
 from policy_host.fetch import client_context, fetch_app, fetch_from
+from policy_host.publish.propagation import Authority
 from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
 from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
@@ -41,6 +43,9 @@ Hook = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
 # domain -> whether mta-sts.<domain> has a valid certificate now.
 Certified = Callable[[str], bool]
+# zone apex -> every authoritative server to confirm a change of it at,
+# the primary first (``authoritative``).
+Authorities = Callable[[str], Sequence[Authority]]
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class Environment:
     certified: Certified | None = None
     # None: the upstreams alone are verified.
     workers: AppWorkers | None = None
+    # None: a change is confirmed at the primary alone.
+    authorities: Authorities | None = None
 
 
 def settle_time(watch_interval: float) -> float:
@@ -158,6 +165,8 @@ def real_environment(config: ProviderConfig) -> Environment:
         settle=settle_time(WATCH_INTERVAL),
         certified=certificate_check(config) if config.acme.configured else None,
         workers=app_workers(config),
+        # The primary, then the authoritative section's servers.
+        authorities=configured_servers(config),
     )
 
 

@@ -35,9 +35,9 @@ import dns.rrset
 import dns.tsig
 import dns.update
 
+from policy_host.authdns import AuthDnsError, ask, txt_values
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import TSIG_ALGORITHMS, ProviderConfig
-from policy_host.records import txt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -226,15 +226,10 @@ class Primary:
         return f"{self.address}:{self.port}"
 
     def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
-        query = dns.message.make_query(name, rdtype)
-        query.flags &= ~dns.flags.RD  # ask the primary itself, no recursion
         try:
-            response = dns.query.udp(query, self.address, timeout=self.timeout, port=self.port)
-            if response.flags & dns.flags.TC:
-                response = dns.query.tcp(query, self.address, timeout=self.timeout, port=self.port)
-        except (dns.exception.DNSException, OSError) as exc:
-            raise PublishError(f"primary {self}: no answer to {name} {rdtype.name}: {exc}") from exc
-        return response
+            return ask(self.server, name, rdtype.name, self.timeout)
+        except AuthDnsError as exc:
+            raise PublishError(f"primary {self}: {exc}") from exc
 
     def zone_for(self, name: str) -> str:
         """The zone ``name`` belongs to, from the primary's SOA answer."""
@@ -289,12 +284,7 @@ class Primary:
             raise PublishError(
                 f"primary {self} answers {dns.rcode.to_text(response.rcode())} for {name} TXT"
             )
-        qname = dns.name.from_text(name)
-        values: list[bytes] = []
-        for rrset in response.answer:
-            if rrset.name == qname and rrset.rdtype == dns.rdatatype.TXT:
-                values.extend(txt_bytes(rdata) for rdata in rrset)
-        return values
+        return txt_values(response, name)
 
 
 def shows(values: Sequence[bytes], expected: bytes | None) -> bool:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from policy_host.errors import ConfigError, Problem
 from policy_host.model import MAX_AGE_LIMIT, InvalidValue, hostname
+from policy_host.read import authoritative as authoritative_section
+from policy_host.read.authoritative import AuthoritativeSettings
 from policy_host.read.promotion import KEYS as PROMOTE_KEYS
 from policy_host.read.promotion import PromoteSettings, read_settings
 from policy_host.read.schema import Fields
@@ -190,6 +192,7 @@ class ProviderConfig:
     nginx: NginxSettings = NginxSettings()
     tlsrpt: TlsrptSettings = TlsrptSettings()
     promote: PromoteSettings = field(default_factory=PromoteSettings)
+    authoritative: AuthoritativeSettings = field(default_factory=AuthoritativeSettings)
 
     @property
     def results_db(self) -> Path:
@@ -315,6 +318,7 @@ def load_config(path: Path) -> ProviderConfig:
             "nginx",
             "tlsrpt",
             "promote",
+            "authoritative",
         ),
         problems,
     )
@@ -360,10 +364,14 @@ def load_config(path: Path) -> ProviderConfig:
     nginx = _nginx_settings(fields.mapping("nginx", _NGINX_KEYS), base)
     tlsrpt = _tlsrpt_settings(fields.mapping("tlsrpt", _TLSRPT_KEYS))
     promote = read_settings(fields.mapping("promote", PROMOTE_KEYS), PromoteSettings())
+    authoritative = authoritative_section.read_settings(
+        fields.mapping("authoritative", authoritative_section.KEYS)
+    )
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
     assert dns is not None and apply is not None and check is not None
     assert acme is not None and nginx is not None and tlsrpt is not None
+    assert authoritative is not None
     return ProviderConfig(
         path=path,
         tenants_dir=Path(os.path.normpath(base / tenants_dir)),
@@ -378,6 +386,7 @@ def load_config(path: Path) -> ProviderConfig:
         nginx=nginx,
         tlsrpt=tlsrpt,
         promote=promote,
+        authoritative=authoritative,
     )
 
 

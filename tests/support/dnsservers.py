@@ -328,10 +328,12 @@ class KnotServer(Managed):
             "",
             f"include: {_quote(self.key_path)}",
             "",
+            *self._remote_lines(),
             "acl:",
             "  - id: harness_update",
             f"    key: {self.key.name}",
             "    action: update",
+            *self._acl_lines(),
             "",
             "template:",
             "  - id: default",
@@ -347,11 +349,24 @@ class KnotServer(Managed):
         for zone in self.zones.values():
             lines.append(f"  - domain: {_quote(zone.origin)}")
             lines.append(f"    file: {_quote(self.zone_path(zone.origin))}")
-            if zone.dynamic:
-                lines.append("    acl: harness_update")
+            lines.extend(self._zone_lines(zone))
         tmp = self.conf_path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.conf_path)
+
+    # Hooks for a primary with secondaries (``support.secondary``).
+
+    def _remote_lines(self) -> list[str]:
+        """knot ``remote:`` entries (a section, or nothing)."""
+        return []
+
+    def _acl_lines(self) -> list[str]:
+        """More ``acl:`` entries after the update one."""
+        return []
+
+    def _zone_lines(self, zone: Zone) -> list[str]:
+        """Settings of ``zone``'s entry in the ``zone:`` section."""
+        return ["    acl: harness_update"] if zone.dynamic else []
 
     def _write_zone(self, zone: Zone, serial: int) -> None:
         path = self.zone_path(zone.origin)
