@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     from policy_host.cli import status as statuscmd  # status: the staff page, read-only
 
     statuscmd.register(sub, common)
+
+    from policy_host.cli import nodes as nodescmd  # nodes: what each serving node serves
+
+    nodescmd.register(sub, common)
     return parser
 
 

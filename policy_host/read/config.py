@@ -13,6 +13,8 @@ from pathlib import Path
 
 from policy_host.errors import ConfigError, Problem
 from policy_host.model import MAX_AGE_LIMIT, InvalidValue, hostname
+from policy_host.read.nodes import KEYS as NODES_KEYS
+from policy_host.read.nodes import NodeSettings, read_nodes
 from policy_host.read.promotion import KEYS as PROMOTE_KEYS
 from policy_host.read.promotion import PromoteSettings, read_settings
 from policy_host.read.schema import Fields
@@ -190,6 +192,8 @@ class ProviderConfig:
     nginx: NginxSettings = NginxSettings()
     tlsrpt: TlsrptSettings = TlsrptSettings()
     promote: PromoteSettings = field(default_factory=PromoteSettings)
+    # Serving nodes `apply` pushes to (none: this box serves alone).
+    nodes: NodeSettings = field(default_factory=NodeSettings)
 
     @property
     def results_db(self) -> Path:
@@ -315,6 +319,7 @@ def load_config(path: Path) -> ProviderConfig:
             "nginx",
             "tlsrpt",
             "promote",
+            "nodes",
         ),
         problems,
     )
@@ -360,10 +365,12 @@ def load_config(path: Path) -> ProviderConfig:
     nginx = _nginx_settings(fields.mapping("nginx", _NGINX_KEYS), base)
     tlsrpt = _tlsrpt_settings(fields.mapping("tlsrpt", _TLSRPT_KEYS))
     promote = read_settings(fields.mapping("promote", PROMOTE_KEYS), PromoteSettings())
+    nodes = read_nodes(fields.mapping("nodes", NODES_KEYS), base)
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
     assert dns is not None and apply is not None and check is not None
     assert acme is not None and nginx is not None and tlsrpt is not None
+    assert nodes is not None
     return ProviderConfig(
         path=path,
         tenants_dir=Path(os.path.normpath(base / tenants_dir)),
@@ -378,6 +385,7 @@ def load_config(path: Path) -> ProviderConfig:
         nginx=nginx,
         tlsrpt=tlsrpt,
         promote=promote,
+        nodes=nodes,
     )
 
 
