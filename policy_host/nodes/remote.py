@@ -20,8 +20,8 @@ from policy_host.read.nodes import Node, NodeSettings
 
 # Seconds for one request to a node.
 REQUEST_TIMEOUT = 3.0
-# Requests per worker in each round of asking a node's app.
-ASKS_PER_WORKER = 3
+# Requests per worker, at most, to hear from every worker of a node's app.
+MAX_ASKS_PER_WORKER = 10
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,12 @@ def ask_worker(node: Node) -> WorkerState | None:
 
 
 def view(node: Node, want: str | None) -> NodeView:
-    """Ask the node's app a few times per worker: which snapshot every
-    worker holds (``want``: the one expected; a mix is named)."""
+    """Ask the node's app until every worker has answered (new connections,
+    so any worker may take each; at most ``MAX_ASKS_PER_WORKER`` per
+    worker): which snapshot each holds (``want``: the one expected)."""
     tally = WorkerTally(want or "")
-    asks = ASKS_PER_WORKER
-    count = 0
-    while count < asks:
+    count, limit = 0, MAX_ASKS_PER_WORKER
+    while count < limit:
         count += 1
         try:
             state = ask_worker(node)
@@ -70,7 +70,9 @@ def view(node: Node, want: str | None) -> NodeView:
         if state is None:
             return NodeView(node, None, f"its app at {node.app} gave no snapshot")
         tally.add(state)
-        asks = ASKS_PER_WORKER * max(state.workers, 1)
+        limit = MAX_ASKS_PER_WORKER * max(state.workers, 1)
+        if len(tally.latest) >= state.workers:
+            break
     found = {state.snapshot for state in tally.latest.values()}
     snapshot = found.pop() if len(found) == 1 else None
     if want is None:
