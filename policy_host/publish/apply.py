@@ -31,7 +31,7 @@ from pathlib import Path
 from policy_host.errors import PolicyHostError, Problem
 from policy_host.fileio import LockHeld, locked
 from policy_host.publish.environment import ChangedDomains, Environment
-from policy_host.publish.nodes import push_and_verify
+from policy_host.publish.nodes import dry_run_note, push_and_verify
 from policy_host.publish.plan import Change, Plan, make_plan
 from policy_host.publish.steps import (
     COMMIT,
@@ -220,6 +220,8 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
     report.plan = plan
     report.tlsrpt = plan_tlsrpt(config, result.tenants, hosted_tlsrpt(config.state_db))
     _dry_run_tlsrpt(config, env, report)
+    if config.nodes.serving:
+        report.notes.append(dry_run_note(config))
     # What the compile would serve once the changes are recorded (no
     # compile runs: nothing may change).
     from_state = dict(fallback_policies(config.state_db))

@@ -151,6 +151,14 @@ def _stuck(
     return last.get(first, f"node {first[0]} gave no answer for {first[1]}")
 
 
+def dry_run_note(config: ProviderConfig) -> str:
+    """What `apply --dry-run` says of the nodes."""
+    active = ", ".join(node.name for node in config.nodes.active) or "none"
+    drained = [node.name for node in config.nodes.serving if node.drained]
+    skipped = f"; drained, skipped: {', '.join(drained)}" if drained else ""
+    return f"would push to the serving nodes and verify each: {active}{skipped}"
+
+
 def catch_up(
     config: ProviderConfig, ops: NodeOps, nodes: Sequence[Node]
 ) -> dict[str, str | PolicyHostError]:
