@@ -3,8 +3,9 @@
 A node serves exactly what the control node serves: the snapshot and its
 change journal (the app), the policy files (nginx serves them by itself),
 one server block per hosted name with a certificate, and those
-certificates and keys (certbot's ``live`` and ``archive``; ``live`` holds
-relative links into ``archive``, pushed as links). Only the server blocks
+certificates and keys (certbot's ``live`` and ``archive``, as `certs`
+copied them for the service user, ``certcopy``; ``live`` holds relative
+links into ``archive``, pushed as links). Only the server blocks
 differ per node: their certificate paths and snippet are the node's own,
 so the control node writes one file per node under
 ``<state_dir>/nodes/<name>/nginx/``.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from policy_host.certs.nginxconf import has_certificate, policy_host_name, render_conf
 from policy_host.fileio import replace_file
+from policy_host.nodes.certcopy import copy_dir
 from policy_host.read.config import ProviderConfig
 from policy_host.read.nodes import Node
 from policy_host.serve.journal import journal_path
@@ -73,7 +75,7 @@ def sources(config: ProviderConfig, node: Node) -> list[str]:
         (state, journal_path(config.snapshot_path).name),
         (state, config.www_dir.name + "/"),
         (node_dir(config, node), NGINX_DIR + "/"),
-        (config.acme.config_dir, "live/"),
-        (config.acme.config_dir, "archive/"),
+        (copy_dir(config), "live/"),
+        (copy_dir(config), "archive/"),
     ]
     return [f"{base}/./{name}" for base, name in candidates if (base / name).exists()]
