@@ -16,8 +16,8 @@ from conftest import CONFIG_TEXT
 
 from policy_host.errors import PolicyHostError
 from policy_host.nodes.push import PushError
-from policy_host.nodes.remote import NodeView
 from policy_host.publish.nodes import NodeOps, dry_run_note, push_and_verify
+from policy_host.publish.nodeview import NodeView
 from policy_host.publish.steps import NODES, ApplyError
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.read.nodes import Node

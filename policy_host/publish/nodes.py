@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from policy_host.errors import PolicyHostError
 from policy_host.model import POLICY_HOST_PREFIX
-from policy_host.nodes.remote import NodeView
+from policy_host.publish.nodeview import NodeView
 from policy_host.publish.steps import NODES, POLL_INTERVAL, ApplyError
 from policy_host.read.config import ProviderConfig
 from policy_host.read.nodes import Node
@@ -45,19 +45,19 @@ class NodeOps:
 
 def node_ops(config: ProviderConfig) -> NodeOps:
     """The real thing: rsync over SSH, HTTPS, the nodes' app listeners."""
-    from policy_host.nodes import remote
     from policy_host.nodes.push import push_all
+    from policy_host.publish import nodeview
     from policy_host.serve.snapshot import snapshot_id
 
-    context = remote.tls_context(config.nodes)
+    context = nodeview.tls_context(config.nodes)
 
     def push(nodes: Sequence[Node], snapshot: str) -> Mapping[str, str | PolicyHostError]:
         return dict(push_all(config, nodes, snapshot))
 
     return NodeOps(
         push=push,
-        fetch=lambda node, host: remote.fetch_policy(node, host, context),
-        view=remote.view,
+        fetch=lambda node, host: nodeview.fetch_policy(node, host, context),
+        view=nodeview.view,
         snapshot=lambda: snapshot_id(config.snapshot_path),
     )
 
