@@ -15,7 +15,9 @@ namespace of its own joined by veth pairs. The policy name leads to node
 4. node b down: `apply` stops naming it, nothing published; once back, a
    rerun converges;
 5. node b drained: skipped by `apply`, shown behind by `nodes`, caught up
-   by `nodes --push b`.
+   by `nodes --push b`;
+6. a TLS report posted to node a lands in the store of the app behind
+   the control node's side of the link, with the sender's address.
 
 Needs root and Debian's knot, unbound, pebble, certbot, nginx, iproute2,
 openssl, openssh-server and rsync (scripts/setup --test): without them the
@@ -25,8 +27,10 @@ module is skipped, except under CI=true, where it fails.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import shlex
+import socket
 import ssl
 import sys
 import time
@@ -39,15 +43,17 @@ import pytest
 from support.dnsservers import query
 from support.fixtures_dns import in_ci
 from support.layout import ROOT
-from support.nodes import NODE_BINARIES, NodesInternet, ServingNode
-from support.procs import MissingBinaryError, require_binary, wait_until
-from support.stack import ID_ZONE, Customer
+from support.nodes import NODE_BINARIES, REPORT_NAME, REPORT_PORT, NodesInternet, ServingNode
+from support.procs import Daemon, MissingBinaryError, port_open, require_binary, wait_until
+from support.reportenv import CORPUS, report_tree
+from support.stack import CLI, ID_ZONE, Customer
 from test_stack_certs import require_stack
 
 from policy_host.fetch import client_context, fetch_from
 from policy_host.model import Policy
-from policy_host.read.config import load_config
+from policy_host.read.config import ProviderConfig, load_config
 from policy_host.render import render
+from policy_host.reports.store import Store
 from policy_host.state import published_ids
 
 SENDER = ROOT / "tests" / "support" / "sts_sender.py"
@@ -293,3 +299,53 @@ def test_a_node_with_an_unknown_certificate_authority_is_refused(
             timeout=3,
             context=client_context(None),
         )
+
+
+@pytest.fixture(scope="module")
+def report_store(world: NodesInternet) -> Iterator[ProviderConfig]:
+    """An app with TLS reporting on, where node a's nginx passes reports
+    (``upstream policy_host_control_app``: the control node's side of node
+    a's link, port 8080)."""
+    config = report_tree(world.root / "reports")
+    text = config.path.read_text()
+    assert "bind: 127.0.0.1:8080" in text
+    app = f"{world.node('a').control_address}:8080"
+    config.path.write_text(text.replace("bind: 127.0.0.1:8080", f"bind: {app}"))
+    host, port = app.split(":")
+    with Daemon(
+        [*CLI, "--config", str(config.path), "serve"],
+        name="gunicorn-reports",
+        workdir=world.root / "reports" / "gunicorn",
+        ready=lambda: port_open(host, int(port)),
+        ready_timeout=20,
+    ):
+        yield load_config(config.path)
+
+
+def test_a_report_posted_to_a_node_reaches_the_control_nodes_store(
+    world: NodesInternet, report_store: ProviderConfig
+) -> None:
+    a = world.node("a")
+    assert world.report_ca is not None
+    context = ssl.create_default_context(cafile=str(world.report_ca))
+    conn = http.client.HTTPSConnection(REPORT_NAME, REPORT_PORT, context=context, timeout=10)
+    conn.sock = context.wrap_socket(
+        socket.create_connection((a.address, REPORT_PORT), timeout=10), server_hostname=REPORT_NAME
+    )
+    try:
+        body = (CORPUS / "gzip.json.gz").read_bytes()
+        conn.request(
+            "POST", "/v1/report", body=body, headers={"Content-Type": "application/tlsrpt+gzip"}
+        )
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"accepted\n")
+    finally:
+        conn.close()
+    with Store(report_store.reports_db) as store:
+        row = store.conn.execute(
+            "SELECT r.channel, r.origin FROM raw r JOIN report p ON r.report = p.id "
+            "WHERE p.report_id = 'gzip-1'"
+        ).fetchone()
+    # The sender's address as node a saw it (this namespace's side of the
+    # link), not node a's own.
+    assert row == ("https", a.control_address)

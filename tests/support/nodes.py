@@ -35,12 +35,16 @@ from .netns import NetNamespace
 from .nginx import SHIPPED_NGINX, SNIPPET
 from .procs import Daemon, DaemonError, Managed, port_open, require_binary
 from .stack import CLI, ID_ZONE, POLICY_HOST, Customer, MiniInternet
+from .tls import make_ca
 
-__all__ = ["NODE_BINARIES", "NodesInternet", "ServingNode"]
+__all__ = ["NODE_BINARIES", "REPORT_NAME", "REPORT_PORT", "NodesInternet", "ServingNode"]
 
 NODE_BINARIES = ("sshd", "ssh", "ssh-keygen", "rsync", "rrsync")
 RECEIVER = ROOT / "deploy" / "policy-host-node-receive"
 NODE_SITE = "policy-host-node.conf"
+NODE_REPORTS = "policy-host-node-reports.conf"
+REPORT_NAME = "tlsrpt.provider.example"
+REPORT_PORT = 8443
 APP_PORT = 8080
 COMMAND_TIMEOUT = 30.0
 
@@ -70,6 +74,9 @@ class ServingNode(Managed):
         self.config_path = workdir / "config.yaml"
         self.nginx_dir = workdir / "nginx"
         self.access_log = self.nginx_dir / "log" / "policy-host.access.log"
+        # (certificate, key) of the report name: nginx gets a server block
+        # for it on REPORT_PORT with nginx/policy-host-node-reports.conf.
+        self.report_tls: tuple[Path, Path] | None = None
         self.sshd: Daemon | None = None
         self.nginx: Daemon | None = None
         self.app: Daemon | None = None
@@ -161,6 +168,17 @@ class ServingNode(Managed):
         snippet = snippet.replace("/var/log/nginx/", f"{log}/")
         snippet = snippet.replace("/var/lib/policy-host/www", str(self.state_dir / "www"))
         (conf / SNIPPET).write_text(snippet)
+        if self.report_tls is not None:
+            reports = (SHIPPED_NGINX / NODE_REPORTS).read_text()
+            assert "/var/log/nginx/" in reports
+            (conf / NODE_REPORTS).write_text(reports.replace("/var/log/nginx/", f"{log}/"))
+            cert, key = self.report_tls
+            with (conf / NODE_SITE).open("a") as handle:
+                handle.write(
+                    f"server {{\n    listen {REPORT_PORT} ssl;\n    server_name {REPORT_NAME};\n"
+                    f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+                    f"    include {conf / NODE_REPORTS};\n}}\n"
+                )
         (conf / "nginx.conf").write_text(
             "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root root;\n"
             f"pid {self.nginx_dir}/nginx.pid;\n"
@@ -216,7 +234,7 @@ class ServingNode(Managed):
                 self._nginx_argv(),
                 name="nginx",
                 workdir=self.nginx_dir,
-                ready=lambda: port_open(self.address, 443) and port_open(self.address, 80),
+                ready=lambda: all(port_open(self.address, p) for p in (80, 443, REPORT_PORT)),
             )
             self.nginx.start()
 
@@ -257,6 +275,8 @@ class NodesInternet(MiniInternet):
             for number, name in enumerate(names, start=1)
         ]
         self.ca_file = self.root / "pebble" / "issuing-root.pem"
+        # The test CA of the report name's certificate on the nodes.
+        self.report_ca: Path | None = None
         self.extra_config = (
             "nodes:\n"
             f"  ssh_key: {self.push_key}\n"
@@ -282,8 +302,12 @@ class NodesInternet(MiniInternet):
             _run([require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
                   str(self.push_key)])  # fmt: skip
         super().start()
+        ca = make_ca(self.root / "report-ca")
+        self.report_ca = ca.cert
+        report_tls = ca.issue("tlsrpt", [REPORT_NAME])
         for node in self.nodes:
             self._stack.enter_context(_Cleanup(node))
+            node.report_tls = report_tls
             node.prepare(self.push_key)
             node.start_front()
         self.known_hosts.write_text("".join(node.known_hosts_line() for node in self.nodes))
