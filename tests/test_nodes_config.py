@@ -110,3 +110,34 @@ def test_a_nodes_server_blocks_name_its_own_certificate_paths(tmp_path: Path) ->
     assert seen.acme.config_dir == Path("/srv/node/current")
     assert seen.nginx.snippet == Path("/etc/nginx/snippets/tenant.conf")
     assert dataclasses.replace(seen, acme=config.acme, nginx=config.nginx) == config
+
+
+def test_the_nodes_get_server_blocks_for_the_copied_certificates_only(tmp_path: Path) -> None:
+    """`apply` runs as the service user: it reads the copy `certs` made,
+    never certbot's own folder (root's)."""
+    from policy_host.nodes.bundle import served_hosts, write_node_conf
+    from policy_host.nodes.certcopy import copy_dir
+    from policy_host.serve.compiler import compile_snapshot
+
+    config = _load(tmp_path, NODES + "acme:\n  config_dir: letsencrypt\n")
+    assert config.acme.config_dir == tmp_path / "letsencrypt"
+    config.tenants_dir.mkdir(parents=True, exist_ok=True)
+    for domain in ("a.example", "b.example"):
+        (config.tenants_dir / f"{domain}.yaml").write_text("mode: none\nmax_age: 86400\n")
+    compile_snapshot(config)
+    # certbot's folder has both; only a.example was copied for the nodes.
+    for base, domains in ((config.acme.config_dir, ("a", "b")), (copy_dir(config), ("a",))):
+        for name in domains:
+            live = base / "live" / f"mta-sts.{name}.example"
+            live.mkdir(parents=True)
+            (live / "fullchain.pem").write_text("chain")
+            (live / "privkey.pem").write_text("key")
+    hosts = served_hosts(config)
+    assert hosts == ["mta-sts.a.example"]
+    fra1 = config.nodes.serving[0]
+    conf = write_node_conf(config, fra1, hosts).read_text()
+    assert (
+        f"ssl_certificate_key {DEFAULT_NODE_ROOT}/current/live/mta-sts.a.example/privkey.pem;"
+        in conf
+    )
+    assert "mta-sts.b.example" not in conf

@@ -40,11 +40,13 @@ def node_config(config: ProviderConfig, node: Node) -> ProviderConfig:
 
 
 def served_hosts(config: ProviderConfig) -> list[str]:
-    """The served names that have a certificate on the control node."""
+    """The served names whose certificate `certs` copied for the nodes
+    (certbot's own folder is root's; `apply` reads the copy)."""
     snapshot = read_snapshot(config.snapshot_path)
     domains = sorted(snapshot.entries) if snapshot is not None else []
+    copied = dataclasses.replace(config.acme, config_dir=copy_dir(config))
     hosts = (policy_host_name(domain) for domain in domains)
-    return [host for host in hosts if has_certificate(config.acme, host)]
+    return [host for host in hosts if has_certificate(copied, host)]
 
 
 def node_dir(config: ProviderConfig, node: Node) -> Path:
