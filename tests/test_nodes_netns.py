@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import re
 import shlex
 import socket
 import ssl
@@ -220,10 +221,17 @@ def test_a_change_is_seen_identically_through_each_node(world: NodesInternet, ro
     edited = dataclasses.replace(ALPHA, mx=("mx1.alpha.example", "mx2.alpha.example"))
     world.write_tenant(edited)
     started = time.monotonic()
-    ok(world.policy_host("apply"))
+    done = ok(world.policy_host("--debug", "apply"))
     # docs/scaling.md quotes this: a one-tenant change across two nodes,
     # from the command's start to the id confirmed at the primary.
     print(f"one-tenant change across two nodes: {time.monotonic() - started:.2f} s")
+    # Only what changed travels: the snapshot, its journal, the policy file.
+    for node in world.nodes:
+        sent = re.search(
+            rf"node {node.name} \(.*\): Number of regular files transferred: (\d+)", done
+        )
+        assert sent is not None, done
+        assert 1 <= int(sent.group(1)) <= 3, sent.group(0)
     after = published_ids(config)
     assert after[ALPHA.domain] != before[ALPHA.domain]
     seen = [

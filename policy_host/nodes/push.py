@@ -28,6 +28,9 @@ from policy_host.runner import Runner, run
 log = logging.getLogger(__name__)
 
 ACTIVATE = "activate"
+# rsync --stats: how many files a push sent (logged: a one-tenant change
+# sends a handful, whatever the number of tenants).
+TRANSFERRED = "Number of regular files transferred:"
 # Seconds to wait for an SSH connection to a node.
 CONNECT_TIMEOUT = 5
 
@@ -60,6 +63,7 @@ def rsync_argv(settings: NodeSettings, node: Node, files: Sequence[str]) -> list
         "--times",
         "--relative",
         "--delete",
+        "--stats",
         f"--timeout={int(settings.timeout)}",
         "--rsh",
         shlex.join(ssh_argv(settings)),
@@ -91,6 +95,9 @@ def push(
     sent = runner(rsync_argv(settings, node, sources(config, node)), timeout=settings.timeout)
     if not sent.ok:
         raise PushError(f"{where}: rsync failed (status {sent.returncode}): {sent.last_lines()}")
+    for line in sent.output.splitlines():
+        if line.startswith(TRANSFERRED):
+            log.info("%s: %s", where, line.strip())
     name = release_name(snapshot, clock())
     argv = [*ssh_argv(settings), node.ssh, ACTIVATE, name]
     done = runner(argv, timeout=settings.timeout)
