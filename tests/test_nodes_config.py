@@ -141,3 +141,34 @@ def test_the_nodes_get_server_blocks_for_the_copied_certificates_only(tmp_path: 
         in conf
     )
     assert "mta-sts.b.example" not in conf
+
+
+def test_nodes_without_serving_nodes_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from policy_host.cli.main import main
+
+    config = _load(tmp_path, "")
+    assert main(["--config", str(config.path), "nodes"]) == 2
+    assert "no serving nodes" in capsys.readouterr().err
+
+
+def test_nodes_names_a_node_whose_app_does_not_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from policy_host.cli.main import main
+
+    # Nothing listens on port 1 of loopback: refused at once (and nothing
+    # is sent off this machine).
+    text = NODES.replace("app: 10.0.0.10:8080", "app: 127.0.0.1:1")
+    config = _load(tmp_path, text.replace("app: 10.0.1.10:8080", "app: 127.0.0.1:1"))
+    assert main(["--config", str(config.path), "nodes", "--push", "nosuch"]) == 2
+    assert "no serving node named nosuch (known: fra1, ams1)" in capsys.readouterr().err
+    assert main(["--config", str(config.path), "nodes", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    fra1 = report["nodes"][0]
+    assert (fra1["name"], fra1["up_to_date"], fra1["snapshot"]) == ("fra1", False, None)
+    assert "its app at 127.0.0.1:1 does not answer" in fra1["problem"]
+    assert report["ok"] is False

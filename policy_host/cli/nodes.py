@@ -14,11 +14,14 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policy_host.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.read.config import ProviderConfig
 from policy_host.read.nodes import Node
+
+if TYPE_CHECKING:
+    from policy_host.publish.nodes import NodeOps
 
 
 class _PushAction(argparse.Action):
@@ -94,7 +97,7 @@ def cmd_nodes(args: argparse.Namespace, config: ProviderConfig) -> int:
     return max(status, _show(args, config, ops, wait=bool(args.push)))
 
 
-def _show(args: argparse.Namespace, config: ProviderConfig, ops: Any, *, wait: bool) -> int:
+def _show(args: argparse.Namespace, config: ProviderConfig, ops: NodeOps, *, wait: bool) -> int:
     """List every node; with ``wait``, give a node just pushed to up to
     ``apply.verify_timeout`` to switch (its workers look every 0.1 s)."""
     want = ops.snapshot()
