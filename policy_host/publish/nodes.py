@@ -85,7 +85,11 @@ def push_and_verify(
         return
     snapshot = ops.snapshot()
     if snapshot is None:
-        raise ApplyError(NODES, domains, "the control node has no snapshot to push")
+        # Nothing served yet (no tenant ever compiled): nothing to push,
+        # and nothing can be published either.
+        if want:
+            raise ApplyError(NODES, domains, "the control node has no snapshot to push")
+        return
     results = ops.push(nodes, snapshot)
     failed = [results[n.name] for n in nodes if not isinstance(results.get(n.name), str)]
     if failed:
