@@ -10,7 +10,7 @@ from policy_host.read.config import ProviderConfig
 def cmd_certs(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.certs.run import run_certs  # dnspython and sqlite only when it runs
 
-    return run_certs(
+    status = run_certs(
         config,
         dry_run=args.dry_run,
         only=args.domains,
@@ -18,6 +18,12 @@ def cmd_certs(args: argparse.Namespace, config: ProviderConfig) -> int:
         ignore_backoff=args.ignore_backoff,
         reload_nginx=not args.no_reload,
     )
+    if not args.dry_run:
+        # What the serving nodes get at the next push (`apply`, `nodes --push`).
+        from policy_host.nodes.certcopy import copy_certificates
+
+        copy_certificates(config)
+    return status
 
 
 def register(

@@ -82,12 +82,20 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.serve.server import PolicyServer  # gunicorn is only needed here
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    if args.pushed and not config.snapshot_path.exists():
+        print(
+            f"policy-host: {config.snapshot_path}: nothing pushed yet; on the control node run "
+            "'policy-host nodes --push NAME' first",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     server = PolicyServer(
         config,
         bind=args.bind or config.serve.bind,
         workers=args.workers or config.serve.workers,
         threads=args.threads or config.serve.threads,
         access_log=args.access_log,
+        pushed=args.pushed,
     )
     server.run()
     return EXIT_OK
@@ -194,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="worker processes")
     p.add_argument("--threads", type=int, metavar="N", help="threads per worker")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    p.add_argument(
+        "--pushed",
+        action="store_true",
+        help="on a serving node: serve the snapshot the control node pushed; never compile",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser(
@@ -240,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     from policy_host.cli import status as statuscmd  # status: the staff page, read-only
 
     statuscmd.register(sub, common)
+
+    from policy_host.cli import nodes as nodescmd  # nodes: what each serving node serves
+
+    nodescmd.register(sub, common)
     return parser
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 __all__ = ["OWNER_ONLY", "OWNER_OR_ROOT", "refusal", "wrong_user"]
 
-OWNER_ONLY = frozenset({"apply", "reload", "reports", "serve"})
+# `nodes --push` writes the nodes' server blocks under state_dir, as apply does.
+OWNER_ONLY = frozenset({"apply", "nodes", "reload", "reports", "serve"})
 OWNER_OR_ROOT = frozenset({"certs", "nginx-conf"})
 
 

@@ -32,11 +32,13 @@ from pathlib import Path
 from policy_host.errors import PolicyHostError, Problem
 from policy_host.fileio import LockHeld, locked
 from policy_host.publish.environment import ChangedDomains, Environment
+from policy_host.publish.nodes import dry_run_note, push_and_verify
 from policy_host.publish.plan import Change, Plan, make_plan
 from policy_host.publish.propagation import Arrival
 from policy_host.publish.steps import (
     COMMIT,
     CONFIRM,
+    NODES,
     PLAN,
     PUBLISH,
     RECORD,
@@ -228,6 +230,8 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
     report.plan = plan
     report.tlsrpt = plan_tlsrpt(config, result.tenants, hosted_tlsrpt(config.state_db))
     _dry_run_tlsrpt(config, env, report)
+    if config.nodes.serving:
+        report.notes.append(dry_run_note(config))
     # What the compile would serve once the changes are recorded (no
     # compile runs: nothing may change).
     from_state = dict(fallback_policies(config.state_db))
@@ -371,6 +375,14 @@ def _execute(
             env.sleep(settled)
         store.mark(serves, SERVED, env.clock())
         _done(env, report, VERIFY)
+    if env.nodes is not None:
+        # Every serving node too, before any id (RFC 8461 section 8); run
+        # even with nothing changed, so a node that missed a push catches up.
+        published = {d: body for d in domains if (body := serves.get(d)) is not None}
+        push_and_verify(
+            config, env.nodes, published, domains, sleep=env.sleep, progress=env.progress
+        )
+        _done(env, report, NODES)
 
     if not changes:
         return
@@ -407,6 +419,8 @@ def _execute(
         gone: ChangedDomains = {c.domain: None for c in plan.deletes}
         changed = _reload(env, result, True, list(gone))
         verify_upstreams(config, env, {**(changed or {}), **gone})
+        if env.nodes is not None:
+            push_and_verify(config, env.nodes, {}, list(gone), sleep=env.sleep)
         _done(env, report, UNSERVE)
 
 

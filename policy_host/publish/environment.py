@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import dns.update
 
@@ -23,6 +23,9 @@ from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig
 from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
 from policy_host.read.tenants import LoadResult
+
+if TYPE_CHECKING:
+    from policy_host.publish.nodes import NodeOps
 
 # Seconds for one HTTP fetch while verifying.
 FETCH_TIMEOUT = 3.0
@@ -107,6 +110,8 @@ class Environment:
     workers: AppWorkers | None = None
     # None: a change is confirmed at the primary alone.
     authorities: Authorities | None = None
+    # None: no serving nodes (this box serves alone).
+    nodes: NodeOps | None = None
 
 
 def settle_time(watch_interval: float) -> float:
@@ -158,7 +163,14 @@ def real_environment(config: ProviderConfig) -> Environment:
             upstream, host, timeout=FETCH_TIMEOUT, context=context[0] if context else None
         )
 
+    nodes = None
+    if config.nodes.serving:
+        from policy_host.publish.nodes import node_ops
+
+        nodes = node_ops(config)
+
     return Environment(
+        nodes=nodes,
         reload=reload,
         fetch=fetch,
         dns=dns_client,

@@ -12,13 +12,16 @@ PLAN = "plan"
 RECORD = "record"
 RELOAD = "reload"
 VERIFY = "verify"
+# Only with serving nodes (``publish.nodes``): pushed to each, and each
+# serves the new policies, before anything is published.
+NODES = "nodes"
 PUBLISH = "publish"
 CONFIRM = "confirm"
 COMMIT = "commit"
 UNSERVE = "unserve"
 # Hosted TLS-RPT records (``tlsrpt``), after the ids.
 TLSRPT = "tlsrpt"
-STEPS = (VALIDATE, PLAN, RECORD, RELOAD, VERIFY, PUBLISH, CONFIRM, COMMIT, UNSERVE, TLSRPT)
+STEPS = (VALIDATE, PLAN, RECORD, RELOAD, VERIFY, NODES, PUBLISH, CONFIRM, COMMIT, UNSERVE, TLSRPT)
 
 # Seconds between rounds of verification and confirmation.
 POLL_INTERVAL = 0.1

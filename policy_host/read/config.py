@@ -15,6 +15,8 @@ from policy_host.errors import ConfigError, Problem
 from policy_host.model import MAX_AGE_LIMIT, InvalidValue, hostname
 from policy_host.read import authoritative as authoritative_section
 from policy_host.read.authoritative import AuthoritativeSettings
+from policy_host.read.nodes import KEYS as NODES_KEYS
+from policy_host.read.nodes import NodeSettings, read_nodes
 from policy_host.read.promotion import KEYS as PROMOTE_KEYS
 from policy_host.read.promotion import PromoteSettings, read_settings
 from policy_host.read.schema import Fields
@@ -193,6 +195,8 @@ class ProviderConfig:
     tlsrpt: TlsrptSettings = TlsrptSettings()
     promote: PromoteSettings = field(default_factory=PromoteSettings)
     authoritative: AuthoritativeSettings = field(default_factory=AuthoritativeSettings)
+    # Serving nodes `apply` pushes to (none: this box serves alone).
+    nodes: NodeSettings = field(default_factory=NodeSettings)
 
     @property
     def results_db(self) -> Path:
@@ -319,6 +323,7 @@ def load_config(path: Path) -> ProviderConfig:
             "tlsrpt",
             "promote",
             "authoritative",
+            "nodes",
         ),
         problems,
     )
@@ -367,11 +372,13 @@ def load_config(path: Path) -> ProviderConfig:
     authoritative = authoritative_section.read_settings(
         fields.mapping("authoritative", authoritative_section.KEYS)
     )
+    nodes = read_nodes(fields.mapping("nodes", NODES_KEYS), base)
     if any(p.is_error for p in problems) or tenants_dir is None:
         raise ConfigError(problems)
     assert dns is not None and apply is not None and check is not None
     assert acme is not None and nginx is not None and tlsrpt is not None
     assert authoritative is not None
+    assert nodes is not None
     return ProviderConfig(
         path=path,
         tenants_dir=Path(os.path.normpath(base / tenants_dir)),
@@ -387,6 +394,7 @@ def load_config(path: Path) -> ProviderConfig:
         tlsrpt=tlsrpt,
         promote=promote,
         authoritative=authoritative,
+        nodes=nodes,
     )
 
 

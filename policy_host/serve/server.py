@@ -63,8 +63,12 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
         workers: int,
         threads: int,
         access_log: bool = False,
+        pushed: bool = False,
     ) -> None:
         self.config = config
+        # A serving node serves the snapshot its control node pushed and
+        # never compiles one of its own (policy_host.nodes).
+        self.pushed = pushed
         self.options: dict[str, Any] = {
             "bind": [bind],
             "workers": workers,
@@ -95,6 +99,8 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
         # restart is what apply last verified. Without one, compile first,
         # in a process per core (gunicorn has no signal handlers yet, so
         # nothing else reaps those children).
+        if self.pushed:
+            return
         if self.config.snapshot_path.exists():
             self._compile_later = True
             return
@@ -106,7 +112,8 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
             compile_in_background(self.config.path, self.config, arbiter.LISTENERS)
 
     def _compile(self, _arbiter: Any) -> None:
-        recompile(self.config.path, self.config)
+        if not self.pushed:
+            recompile(self.config.path, self.config)
 
     def load_config(self) -> None:
         for key, value in self.options.items():
