@@ -330,11 +330,13 @@ def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
         }
         ca_copy = machine.path("/etc/policy-host/sender-root.pem")
         ca_copy.write_bytes(root_ca.read_bytes())
-        world.ok(
-            "policy-host",
-            *("check", "--https", "--ca-file", "/etc/policy-host/sender-root.pem", CUSTOMER),
-            user=True,
-        )
+        # check as its unit runs it (sandbox and all): it keeps its result
+        # in the state folder for promote, the guard and the status page.
+        check_unit = UnitSandbox(ROOT / "deploy" / "policy-host-check.service")
+        ca = ("--ca-file", "/etc/policy-host/sender-root.pem")
+        done = machine.run(check_unit.argv([*check_unit.exec_start, *ca, CUSTOMER]))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert machine.path("/var/lib/policy-host/results.sqlite3").stat().st_uid == uid
         # The promote unit's own command, in its sandbox: nobody opted in,
         # so nothing is edited or applied.
         promote = UnitSandbox(ROOT / "deploy" / "policy-host-promote.service")
