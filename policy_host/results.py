@@ -200,3 +200,14 @@ def latest_event_per_domain(path: Path) -> dict[str, Event]:
             "(SELECT max(seq) FROM event GROUP BY domain)"
         ).fetchall()
     return {d: Event(d, at, k, m, json.loads(ev)) for d, at, k, m, ev in rows}
+
+
+def count_events(path: Path, since: float) -> dict[str, int]:
+    """Events per kind at or after ``since`` (for the metrics)."""
+    with _reading(path) as conn:
+        if conn is None:
+            return {}
+        rows = conn.execute(
+            "SELECT kind, count(*) FROM event WHERE at >= ? GROUP BY 1", (since,)
+        ).fetchall()
+    return {kind: n for kind, n in rows}

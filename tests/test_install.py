@@ -287,6 +287,22 @@ def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
     assert install(world).splitlines()[-1] == "install: nothing to change"
     assert fingerprint(world) == before
 
+    # The units that edit tenant files (promote, and check's guard) may
+    # write there and in the state folder, as the service user, nothing else.
+    for name in ("policy-host-promote.service", "policy-host-check.service"):
+        assert (
+            machine.path(f"/etc/systemd/system/{name}").read_bytes()
+            == (ROOT / "deploy" / name).read_bytes()
+        )
+        probe = (
+            "touch /etc/policy-host/tenants/.probe /var/lib/policy-host/.probe"
+            " && rm /etc/policy-host/tenants/.probe /var/lib/policy-host/.probe"
+            " && ! touch /etc/policy-host/.probe /opt/policy-host/.probe 2>/dev/null && id -un"
+        )
+        sandbox = UnitSandbox(ROOT / "deploy" / name)
+        done = machine.run(sandbox.argv(["sh", "-c", probe]))
+        assert (done.returncode, done.stdout) == (0, f"{USER}\n"), name + done.stderr
+
     with services(world):
         # 2. A customer: its tenant file, the records it adds, certs, apply.
         machine.path(f"/etc/policy-host/tenants/{CUSTOMER}.yaml").write_text(
@@ -314,11 +330,22 @@ def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
         }
         ca_copy = machine.path("/etc/policy-host/sender-root.pem")
         ca_copy.write_bytes(root_ca.read_bytes())
-        world.ok(
-            "policy-host",
-            *("check", "--https", "--ca-file", "/etc/policy-host/sender-root.pem", CUSTOMER),
-            user=True,
-        )
+        # check as its unit runs it (sandbox and all): it keeps its result
+        # in the state folder for promote, the guard and the status page.
+        check_unit = UnitSandbox(ROOT / "deploy" / "policy-host-check.service")
+        ca = ("--ca-file", "/etc/policy-host/sender-root.pem")
+        done = machine.run(check_unit.argv([*check_unit.exec_start, *ca, CUSTOMER]))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert machine.path("/var/lib/policy-host/results.sqlite3").stat().st_uid == uid
+        # The promote unit's own command, in its sandbox: nobody opted in,
+        # so nothing is edited or applied.
+        promote = UnitSandbox(ROOT / "deploy" / "policy-host-promote.service")
+        tenant_file = machine.path(f"/etc/policy-host/tenants/{CUSTOMER}.yaml").read_bytes()
+        done = machine.run(promote.argv())
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"held   {CUSTOMER}" in done.stdout
+        assert "running apply" not in done.stderr
+        assert machine.path(f"/etc/policy-host/tenants/{CUSTOMER}.yaml").read_bytes() == tenant_file
 
         # Port 80 as README says: ACME challenges from the webroot, a 301 to
         # https for anything else.

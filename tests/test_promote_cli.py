@@ -65,3 +65,19 @@ def test_auto_promotes_only_tenants_that_opted_in(tmp_path: Path) -> None:
     done = policy_host(opted, "promote", "--write", "--auto")
     assert done.returncode == 0, done.stderr
     assert "mode: enforce" in (opted.tenants_dir / "ready.example.yaml").read_text()
+
+
+def test_apply_goes_only_with_write_and_nothing_is_applied_without_an_edit(
+    tmp_path: Path,
+) -> None:
+    config = provider_with_evidence(tmp_path)
+    alone = policy_host(config, "promote", "--apply")
+    assert alone.returncode == 2
+    assert "--apply goes with --write" in alone.stderr
+    # ready.example has not opted in (promote.auto): nothing to edit, no apply.
+    before = (config.tenants_dir / "ready.example.yaml").read_bytes()
+    done = policy_host(config, "promote", "--write", "--auto", "--apply")
+    assert done.returncode == 0, done.stderr
+    assert "running apply" not in done.stderr
+    assert "promoted 0" in done.stderr
+    assert (config.tenants_dir / "ready.example.yaml").read_bytes() == before

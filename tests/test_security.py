@@ -309,6 +309,7 @@ EXPOSURE = {
     "policy-host.service": 2.0,
     "policy-host-apply.service": 3.0,
     "policy-host-check.service": 3.0,
+    "policy-host-promote.service": 3.0,
     "policy-host-reports-prune.service": 2.0,
     "policy-host-reports-metrics.service": 2.0,
     # Runs as root: certbot's files and nginx's reload are root's.
@@ -327,8 +328,13 @@ def test_every_service_unit_is_sandboxed(name: str) -> None:
         for key, value in UNPRIVILEGED.items():
             assert service.get(key) == value, (name, key)
         # Writable: its own state (and runtime) folder only, and for the
-        # metrics unit node_exporter's textfile folder (if there is one).
-        extra = {"policy-host-reports-metrics.service": "-/var/lib/prometheus/node-exporter"}
+        # metrics unit node_exporter's textfile folder (if there is one),
+        # for promote and the guard (check) the tenant files they edit.
+        extra = {
+            "policy-host-reports-metrics.service": "-/var/lib/prometheus/node-exporter",
+            "policy-host-check.service": "/etc/policy-host/tenants",
+            "policy-host-promote.service": "/etc/policy-host/tenants",
+        }
         if name in extra:
             assert service.get("ReadWritePaths") == extra[name], name
         else:

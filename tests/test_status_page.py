@@ -108,9 +108,8 @@ def test_many_tenants_are_paged_sorted_and_searched(tmp_path: Path) -> None:
     )
     publish(config, "t00007.example", "testing", ["mx.t00007.example"], 86_400, now)
     client = create_app(config).test_client()
-    started = time.monotonic()
+    # How fast, at 100,000 tenants: bench/status_bench.py (docs/performance.md).
     page = client.get("/?page=3").get_data(as_text=True)
-    assert time.monotonic() - started < 5
     assert next(iter(rows(page))) == "t00100.example"
     assert "Page 3 of 40" in page
     last = client.get("/?sort=domain&desc=1").get_data(as_text=True)

@@ -1,6 +1,6 @@
 """``policy-host promote``: which `testing` tenants are ready for `enforce`.
 
-    policy-host promote [DOMAIN...] [--json] [--write [--auto] [--dry-run]]
+    policy-host promote [DOMAIN...] [--json] [--write [--auto] [--apply] [--dry-run]]
 
 Reads the stores only (apply state, check and certs results, TLS reports);
 ``--write`` changes ``mode: testing`` to ``mode: enforce`` in each ready
@@ -10,6 +10,7 @@ tenant's file (one line), which `apply` then publishes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policy_host.cli.output import EXIT_OK, EXIT_USAGE
+from policy_host.cli.owner import refusal
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 
@@ -38,9 +40,10 @@ what check, certs, apply and the report ingester stored; it never asks DNS.
 EPILOG = """\
 --write edits the tenant file of each ready tenant (mode: testing -> mode: enforce,
 that line only, with a comment saying when) and records the evidence; run
-'policy-host apply' to publish. With --auto only tenants whose promote.auto is true
-(the timers run 'promote --write --auto' before apply). Exit 0; 1 if a file could
-not be edited; 2 usage error.
+'policy-host apply' to publish. With --auto only tenants whose promote.auto is true;
+with --apply, 'apply' runs at once when a file was edited (policy-host-promote.timer
+runs 'promote --write --auto --apply'). Exit 0; 1 if a file could not be edited;
+2 usage error; otherwise apply's exit status.
 """
 
 
@@ -61,6 +64,11 @@ def register(
     p.add_argument("--write", action="store_true", help="set ready tenants to enforce")
     p.add_argument("--auto", action="store_true", help="with --write: only promote.auto tenants")
     p.add_argument(
+        "--apply",
+        action="store_true",
+        help="with --write: run 'policy-host apply' when a tenant file was edited",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="with --write: show the edits, change nothing"
     )
     p.set_defaults(handler=cmd_promote)
@@ -72,6 +80,14 @@ def cmd_promote(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.promote.evidence import assess
     from policy_host.read.tenants import load_tenants
 
+    if args.apply and not args.write:
+        print("policy-host promote: --apply goes with --write", file=sys.stderr)
+        return EXIT_USAGE
+    # apply writes files the server reads: only their owner may (cli.owner).
+    refused = refusal("apply", config.state_dir, dry_run=args.dry_run or not args.apply)
+    if refused:
+        print(refused, file=sys.stderr)
+        return EXIT_USAGE
     try:
         wanted = {hostname(d.rstrip("."), what="domain").ascii for d in args.domains}
     except InvalidValue as exc:
@@ -107,6 +123,8 @@ def cmd_promote(args: argparse.Namespace, config: ProviderConfig) -> int:
     except EditError as exc:
         print(f"policy-host promote: {exc}", file=sys.stderr)
         status = 1
+    if args.apply and edits and not args.dry_run and status == EXIT_OK:
+        status = _apply(config)
     if args.json:
         out = [
             {**a.readiness.as_dict(), "written": a.tenant.domain in edits and not args.dry_run}
@@ -140,3 +158,13 @@ def _print(assessments: Sequence[Assessment], edits: dict[str, str], dry_run: bo
         f"{len(assessments)} tenants in testing: {ready} ready; {verb} {len(edits)}",
         file=sys.stderr,
     )
+
+
+def _apply(config: ProviderConfig) -> int:
+    """`apply` after a promotion, its report on stderr (stdout stays
+    promote's, so --json output is one document)."""
+    from policy_host.cli.apply import cmd_apply
+
+    print("policy-host promote: running apply for the promoted tenants", file=sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        return cmd_apply(argparse.Namespace(dry_run=False, json=False), config)

@@ -187,11 +187,32 @@ def cmd_metrics(args: argparse.Namespace, config: ProviderConfig) -> int:
     except StoreError as exc:
         print(f"policy-host: {exc}", file=sys.stderr)
         return exc.exit_status
+    text += guard_metrics(config, now, now - since)
     if args.output:
         replace_file(Path(args.output), text, mode=0o644)
     else:
         sys.stdout.buffer.write(text)
     return EXIT_OK
+
+
+def guard_metrics(config: ProviderConfig, now: float, window: float) -> bytes:
+    """The guard's open alerts and promotion readiness, from the stores and
+    the tenant files (never DNS): what `check` and `promote` would say now."""
+    from policy_host.promote.evidence import assess
+    from policy_host.promote.metrics import exposition
+    from policy_host.promote.watch import judge
+    from policy_host.read.tenants import load_tenants
+    from policy_host.results import count_events, read_checks
+
+    tenants = list(load_tenants(config).tenants.values())
+    checks = read_checks(
+        config.results_db, [t.domain for t in tenants if t.policy.mode == "enforce"]
+    )
+    alerts = judge(config, tenants, {d: c.mx_hosts for d, c in checks.items()}, now)
+    testing = [t for t in tenants if t.policy.mode == "testing"]
+    readiness = [a.readiness for a in assess(config, testing, now)]
+    events = count_events(config.results_db, now - window)
+    return exposition(alerts, readiness, events, window)
 
 
 # -- summary -----------------------------------------------------------------

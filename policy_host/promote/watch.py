@@ -35,21 +35,7 @@ def run_guard(
     now: float,
 ) -> GuardOutcome:
     """Judge every enforce tenant; keep new alerts; step down who opted in."""
-    outcome = GuardOutcome()
-    enforce = [t for t in tenants if t.policy.mode == "enforce"]
-    settings = {t.domain: settings_for(config, t) for t in enforce}
-    longest = max((s.report_days for s in settings.values()), default=0)
-    today = int(now // DAY)
-    failures = failures_by_mx(
-        config.reports_db, [t.domain for t in enforce], today - 1 - longest, today - 1
-    )
-    for tenant in enforce:
-        drift = mx_drift(tenant, mx_hosts.get(tenant.domain), settings[tenant.domain])
-        if drift is not None:
-            outcome.alerts.append(drift)
-        outcome.alerts += failure_rise(
-            tenant, failures.get(tenant.domain, {}), today, settings[tenant.domain]
-        )
+    outcome = GuardOutcome(alerts=judge(config, tenants, mx_hosts, now))
     _keep(config, outcome.alerts, now)
     changes = [
         step_down(a.domain, _source(tenants, a.domain), a.message, a.evidence, now)
@@ -64,6 +50,32 @@ def run_guard(
         else:
             outcome.stepped_down.append(change.domain)
     return outcome
+
+
+def judge(
+    config: ProviderConfig,
+    tenants: Sequence[Tenant],
+    mx_hosts: Mapping[str, Sequence[str] | None],
+    now: float,
+) -> list[Alert]:
+    """The guard's alerts for every enforce tenant, acting on none of them
+    (the metrics read these as the alerts open now)."""
+    alerts: list[Alert] = []
+    enforce = [t for t in tenants if t.policy.mode == "enforce"]
+    settings = {t.domain: settings_for(config, t) for t in enforce}
+    longest = max((s.report_days for s in settings.values()), default=0)
+    today = int(now // DAY)
+    failures = failures_by_mx(
+        config.reports_db, [t.domain for t in enforce], today - 1 - longest, today - 1
+    )
+    for tenant in enforce:
+        drift = mx_drift(tenant, mx_hosts.get(tenant.domain), settings[tenant.domain])
+        if drift is not None:
+            alerts.append(drift)
+        alerts += failure_rise(
+            tenant, failures.get(tenant.domain, {}), today, settings[tenant.domain]
+        )
+    return alerts
 
 
 def _source(tenants: Sequence[Tenant], domain: str) -> Path:

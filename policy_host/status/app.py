@@ -132,7 +132,7 @@ def create_app(config: ProviderConfig, clock: Callable[[], float] = time.time) -
             name = hostname(domain, what="domain").ascii
         except InvalidValue:
             abort(404)
-        row = next((r for r in cache.rows() if r.domain == name), None)
+        row = cache.row(name)
         if row is None:
             abort(404)
         today = int(clock() // 86_400)

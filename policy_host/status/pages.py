@@ -8,7 +8,7 @@ BASE = """<!doctype html>
 <title>{% block title %}policy-host status{% endblock %}</title>
 <style>
 body{font:14px/1.4 system-ui,sans-serif;margin:1rem 2rem;color:#111;background:#fff}
-a{color:#1a4f8b}a:focus,button:focus,input:focus,select:focus{outline:3px solid #d69e2e;outline-offset:1px}
+a{color:#1a4f8b}:focus-visible{outline:3px solid #d69e2e;outline-offset:1px}
 table{border-collapse:collapse;margin:.5rem 0}th,td{border-bottom:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bad{font-weight:bold}.bad::before{content:"\\2716  "}.warn::before{content:"\\26A0  "}.good::before{content:"\\2714  "}
