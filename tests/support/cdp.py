@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -62,6 +63,9 @@ class Page:
             stderr=subprocess.DEVNULL,
             close_fds=False,
             preexec_fn=pipes_on_3_and_4,
+            # Its own process group: Chromium's helpers (zygote, renderers,
+            # crash handler) write into the profile and must be stopped with it.
+            start_new_session=True,
         )
         os.close(to_browser)
         os.close(from_browser)
@@ -182,6 +186,7 @@ class Page:
     # -- lifetime ----------------------------------------------------------
 
     def close(self) -> None:
+        group = self._proc.pid
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -189,6 +194,7 @@ class Page:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        _stop_group(group)
         os.close(self._send_fd)
         os.close(self._recv_fd)
         self._profile.cleanup()
@@ -203,3 +209,20 @@ class Page:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _stop_group(group: int, *, timeout: float = 10.0) -> None:
+    """Stop what is left of the process group Chromium led, and wait (bounded)
+    until it is gone, so that its profile folder can be removed."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise BrowserError(f"Chromium's process group {group} did not stop in {timeout:.0f} s")
