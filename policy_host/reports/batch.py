@@ -25,7 +25,8 @@ from policy_host.read.config import TlsrptSettings
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
-from policy_host.reports.model import MAIL, Envelope, FailureDetail, PolicyResult, Report
+from policy_host.reports.model import MAIL, Envelope
+from policy_host.reports.rows import ReportRows, report_rows, to_report
 from policy_host.reports.sources import file_input, is_maildir
 from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 
@@ -153,8 +154,9 @@ def _head_and_digest(path: Path) -> tuple[bytes, int, str]:
 
 
 # A ``Done`` as a worker sends it: nested tuples of str, int, float and
-# bytes, which pickle and unpickle several times faster than the frozen
-# dataclasses they stand for (docs/performance.md).
+# bytes, the report already as the rows the store inserts, which pickle and
+# unpickle several times faster than the frozen dataclasses they stand for,
+# and leave the storing process nothing to build (docs/performance.md).
 Packed = tuple[Any, ...]
 
 
@@ -165,44 +167,54 @@ def prepare_packed(job: Job, source: Source | Done) -> Packed:
     p = done.prepared
     if p is None:
         return (done.name, done.reason, new, None)
-    e, r = p.item.envelope, p.report
+    e = p.item.envelope
     envelope = (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter)
-    report = None
-    if r is not None:
-        policies = tuple(
-            (q.policy_type, q.domain, q.policy_string, q.mx_host, q.success, q.failure,
-             tuple(astuple_detail(d) for d in q.details))
-            for q in r.policies
-        )  # fmt: skip
-        report = (r.organization, r.report_id, r.contact, r.start, r.end, policies, r.quirks)
+    rows = None if p.report is None else report_rows(p.report)
     item = (envelope, p.item.body, p.item.received, p.item.size, p.item.sha256)
-    return (done.name, done.reason, new, (item, report, p.outcome, p.reason))
+    return (done.name, done.reason, new, (item, rows, p.outcome, p.reason))
 
 
-def astuple_detail(d: FailureDetail) -> tuple[Any, ...]:
-    return (
-        d.result_type, d.count, d.sending_mta_ip, d.receiving_mx_hostname,
-        d.receiving_mx_helo, d.receiving_ip, d.additional_information, d.failure_reason_code,
-    )  # fmt: skip
+@dataclass(frozen=True)
+class Ready:
+    """An input as the storing process takes it: what ``prepare`` made of
+    it (``item`` None when it could not be read), its report as rows."""
+
+    name: str
+    reason: str
+    maildir_new: Path | None
+    item: Received | None
+    rows: ReportRows | None = None
+    outcome: str = ""
+    why: str = ""
 
 
-def unpack(packed: Packed) -> Done:
-    """The ``Done`` a worker packed (in the parent)."""
+def ready(done: Done) -> Ready:
+    """A ``Done`` made in this process, as the storing loop takes it."""
+    p = done.prepared
+    if p is None:
+        return Ready(done.name, done.reason, done.maildir_new, None)
+    rows = None if p.report is None else report_rows(p.report)
+    return Ready(done.name, done.reason, done.maildir_new, p.item, rows, p.outcome, p.reason)
+
+
+def unpack_ready(packed: Packed) -> Ready:
+    """What a worker packed, as the storing loop takes it (in the parent)."""
     name, reason, new, prepared = packed
     maildir_new = None if new is None else Path(new)
     if prepared is None:
-        return Done(name, None, reason, maildir_new)
-    (envelope, body, received, size, sha256), report, outcome, why = prepared
-    parsed = None
-    if report is not None:
-        org, report_id, contact, start, end, policies, quirks = report
-        results = tuple(
-            PolicyResult(kind, domain, strings, mx, ok, bad, tuple(FailureDetail(*d) for d in ds))
-            for kind, domain, strings, mx, ok, bad, ds in policies
-        )
-        parsed = Report(org, report_id, contact, start, end, results, quirks)
+        return Ready(name, reason, maildir_new, None)
+    (envelope, body, received, size, sha256), rows, outcome, why = prepared
     item = Received(Envelope(*envelope), body, received, size, sha256)
-    return Done(name, Prepared(item, parsed, outcome, why), reason, maildir_new)
+    return Ready(name, reason, maildir_new, item, rows, outcome, why)
+
+
+def unpack(packed: Packed) -> Done:
+    """The ``Done`` a worker packed, whole (its report rebuilt from the rows)."""
+    r = unpack_ready(packed)
+    if r.item is None:
+        return Done(r.name, None, r.reason, r.maildir_new)
+    report = None if r.rows is None else to_report(r.rows)
+    return Done(r.name, Prepared(r.item, report, r.outcome, r.why), r.reason, r.maildir_new)
 
 
 def mark_seen(message: Path) -> None:
@@ -229,28 +241,30 @@ def run(
     if jobs > 1 and len(listed) >= POOL_FROM:
         # fork: the workers need nothing but ``job``; the store stays here.
         pool = multiprocessing.get_context("fork").Pool(jobs)
-    pending: Iterator[Done]
+    pending: Iterator[Ready]
     try:
         if pool is not None:
             work = functools.partial(prepare_packed, job)
-            pending = map(unpack, pool.imap(work, listed, chunksize=INPUTS_PER_MESSAGE))
+            pending = map(unpack_ready, pool.imap(work, listed, chunksize=INPUTS_PER_MESSAGE))
         else:
-            pending = (prepare(job, source) for source in listed)
+            pending = (ready(prepare(job, source)) for source in listed)
         while True:
-            batch: list[Done] = []
+            batch: list[Ready] = []
             with ingester.store.transaction() as conn:
                 for result in pending:
                     batch.append(result)
-                    if result.prepared is None:
+                    if result.item is None:
                         outcome = Outcome("unreadable", result.reason)
                     else:
-                        outcome = ingester.commit(conn, result.prepared)
+                        outcome = ingester.commit_rows(
+                            conn, result.item, result.rows, result.outcome, result.why
+                        )
                     counts[outcome.outcome] += 1
                     report(result.name, outcome)
                     if len(batch) >= BATCH:
                         break
             for result in batch:
-                if result.maildir_new is not None and result.prepared is not None:
+                if result.maildir_new is not None and result.item is not None:
                     mark_seen(result.maildir_new)
             if len(batch) < BATCH:
                 return counts

@@ -16,10 +16,8 @@ verified, and a verified copy with another digest replaces an unverified one
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import hashlib
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError
 from policy_host.reports.model import HTTPS, Envelope, Report
+from policy_host.reports.rows import ReportRows, content_digest, domains, report_rows
 from policy_host.sqlitedb import BUSY_TIMEOUT, immediate, reading
 
 # What became of an input (raw.outcome).
@@ -187,12 +186,8 @@ def keeps_whole(envelope: Envelope, outcome: str) -> bool:
 
 
 def digest(report: Report) -> str:
-    """SHA-256 of the report's normalised content as canonical JSON. Quirks
-    are left out: they say how a copy was sent (mail header, gzip label),
-    not what it reports."""
-    content = dataclasses.asdict(dataclasses.replace(report, quirks=()))
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """SHA-256 of the report's normalised content (``rows.content_digest``)."""
+    return content_digest(report_rows(report))
 
 
 def compress(body: bytes) -> tuple[bytes, bool]:
@@ -301,8 +296,18 @@ class Store:
         ties: Sequence[Tie],
     ) -> str:
         """Store a parsed report (and its raw bytes); STORED or DUPLICATE."""
+        return self.add_rows(conn, item, report_rows(report), ties)
+
+    def add_rows(
+        self,
+        conn: sqlite3.Connection,
+        item: Received,
+        report: ReportRows,
+        ties: Sequence[Tie],
+    ) -> str:
+        """``add_report`` of a report already made into rows."""
         env = item.envelope
-        content = digest(report)
+        content = content_digest(report)
         cursor = conn.execute(
             "INSERT INTO report (organization, report_id, contact, start, end, received, "
             "channel, verified, quirks, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -331,7 +336,7 @@ class Store:
         self,
         conn: sqlite3.Connection,
         item: Received,
-        report: Report,
+        report: ReportRows,
         ties: Sequence[Tie],
         content: str,
     ) -> str:
@@ -395,7 +400,7 @@ class Store:
         self,
         conn: sqlite3.Connection,
         report_row: int,
-        report: Report,
+        report: ReportRows,
         ties: Sequence[Tie],
         *,
         verified: bool,
@@ -413,8 +418,8 @@ class Store:
                     report.start,
                     int(verified),
                     policy.policy_type,
-                    json.dumps(policy.policy_string),
-                    json.dumps(policy.mx_host),
+                    policy.strings_json,
+                    policy.mx_json,
                     policy.success,
                     policy.failure,
                     tie.policy_id,
@@ -429,27 +434,14 @@ class Store:
             if not policy.details:
                 continue
             for d in policy.details:
-                key = (policy.domain, day, int(verified), d.result_type)
-                self._daily_failure[key] = self._daily_failure.get(key, 0) + d.count
+                key = (policy.domain, day, int(verified), d[0])
+                self._daily_failure[key] = self._daily_failure.get(key, 0) + d[1]
             conn.executemany(
                 "INSERT INTO detail (result, result_type, count, sending_mta_ip, "
                 "receiving_mx_hostname, receiving_mx_helo, receiving_ip, "
                 "additional_information, failure_reason_code) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        result_row,
-                        d.result_type,
-                        d.count,
-                        d.sending_mta_ip,
-                        d.receiving_mx_hostname,
-                        d.receiving_mx_helo,
-                        d.receiving_ip,
-                        d.additional_information,
-                        d.failure_reason_code,
-                    )
-                    for d in policy.details
-                ],
+                [(result_row, *d) for d in policy.details],
             )
 
     def _flush_daily(self, conn: sqlite3.Connection) -> None:
@@ -525,8 +517,8 @@ class Store:
         return {str(outcome): int(n) for outcome, n in rows}
 
 
-def _domains(report: Report) -> list[str]:
-    return sorted({p.domain for p in report.policies})
+def _domains(report: ReportRows) -> list[str]:
+    return domains(report.policies)
 
 
 def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
