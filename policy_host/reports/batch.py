@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from policy_host.read.config import TlsrptSettings
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
@@ -38,11 +38,14 @@ POOL_FROM = 200
 INPUTS_PER_MESSAGE = 64
 
 
-@dataclass(frozen=True)
-class Source:
-    path: Path
+class Source(NamedTuple):
+    """One input to read. Plain strings: a worker gets tens of thousands
+    of them, and ``Path`` objects cost more to make and send than reading
+    a small report (docs/performance.md)."""
+
+    path: str
     # The Maildir folder when ``path`` is a message in its new/.
-    maildir: Path | None = None
+    maildir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,17 +72,18 @@ def sources(paths: list[Path]) -> Iterator[Source | Done]:
     for path in paths:
         try:
             if is_maildir(path):
-                for name in sorted(os.listdir(path / "new")):
+                new = os.path.join(path, "new")
+                for name in sorted(os.listdir(new)):
                     if not name.startswith("."):
-                        yield Source(path / "new" / name, path)
+                        yield Source(os.path.join(new, name), str(path))
             elif path.is_dir():
                 # Names sorted as strings: comparing Path objects costs more
                 # than reading a small report (docs/performance.md).
                 for name in sorted(os.listdir(path)):
                     if not name.startswith("."):
-                        yield Source(path / name)
+                        yield Source(os.path.join(path, name))
             else:
-                yield Source(path)
+                yield Source(str(path))
         except OSError as exc:
             yield Done(str(path), None, f"cannot read: {exc.strerror or exc}")
 
@@ -88,18 +92,19 @@ def prepare(job: Job, source: Source | Done) -> Done:
     """Read and judge one input (in a worker process)."""
     if isinstance(source, Done):
         return source
-    name = str(source.path)
+    name = source.path
+    path = Path(name)
     try:
         if source.maildir is not None:
             envelope = Envelope(MAIL, origin=f"maildir:{source.maildir}")
             try:
-                with source.path.open("rb") as handle:
+                with path.open("rb") as handle:
                     data = read_capped(handle, job.cap, name)
             except (TooLarge, OSError) as exc:
-                return _kept_aside(source.path, envelope, exc)
+                return _kept_aside(path, envelope, exc)
             is_message = True
         else:
-            loaded = file_input(source.path, job.cap)
+            loaded = file_input(path, job.cap)
             data, envelope, is_message = loaded.data, loaded.envelope, loaded.is_message
     except TooLarge as exc:
         return Done(name, None, str(exc))
@@ -107,7 +112,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
         return Done(name, None, "a folder inside a folder of reports (not read)")
     except OSError as exc:
         return Done(name, None, f"cannot read: {exc.strerror or exc}")
-    item = Received(envelope, data, time.time())
+    item = Received(envelope, data, time.time(), None, hashlib.sha256(data).hexdigest())
     if not is_message:
         labelled = name.lower().endswith((".gz", ".gzip"))
         prepared = prepare_body(item, job.settings, labelled_gzip=labelled)
@@ -116,7 +121,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
     else:
         lookup = resolver_lookup(job.dns_server, job.dns_timeout)
         prepared = prepare_message(item, job.settings, lookup)
-    new = source.path if source.maildir is not None else None
+    new = path if source.maildir is not None else None
     return Done(name, prepared, maildir_new=new)
 
 

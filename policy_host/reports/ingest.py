@@ -22,7 +22,7 @@ from policy_host.reports.dkimcheck import TxtLookup, verify
 from policy_host.reports.model import MAIL, Envelope, Report
 from policy_host.reports.parse import Refused, parse_report
 from policy_host.reports.policies import ServedHistory
-from policy_host.reports.rows import ReportRows, report_rows
+from policy_host.reports.rows import ReportRows, cut, report_rows
 from policy_host.reports.store import (
     FOREIGN,
     NOT_REPORT,
@@ -166,7 +166,7 @@ class Ingester:
             self.store.add_raw(conn, item, FOREIGN, reason, domains)
             return Outcome(FOREIGN, reason, report.organization, report.report_id)
         if len(ours) != len(report.policies):
-            report = report._replace(policies=ours)
+            report = cut(report, ours)
         ties = [self.history.tie(policy, report.start) for policy in ours]
         outcome = self.store.add_rows(conn, item, report, ties)
         return Outcome(outcome, "", report.organization, report.report_id)

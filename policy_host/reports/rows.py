@@ -42,8 +42,8 @@ class PolicyRows(NamedTuple):
 
 
 class ReportRows(NamedTuple):
-    """A report as the store writes it (``policies`` may be cut to the
-    hosted domains' ones by ``_replace``; the digest follows)."""
+    """A report as the store writes it. Made by ``report_rows`` and, with
+    fewer policies, by ``cut``: ``digest`` always covers ``policies``."""
 
     organization: str
     report_id: str
@@ -54,6 +54,7 @@ class ReportRows(NamedTuple):
     policies: tuple[PolicyRows, ...]
     head: str  # the digest's text before the policies' pieces
     tail: str  # and after them
+    digest: str  # content_digest of these pieces
 
 
 def _canonical(value: object) -> str:
@@ -126,6 +127,8 @@ def report_rows(report: Report) -> ReportRows:
     )
     # Quotes inside strings are escaped, so the key occurs once.
     head, tail = text.split(_POLICIES)
+    head, tail = head + _POLICIES[:-1], "]" + tail
+    policies = tuple(policy_rows(p) for p in report.policies)
     return ReportRows(
         report.organization,
         report.report_id,
@@ -133,17 +136,23 @@ def report_rows(report: Report) -> ReportRows:
         report.start,
         report.end,
         report.quirks,
-        tuple(policy_rows(p) for p in report.policies),
-        head + _POLICIES[:-1],
-        "]" + tail,
+        policies,
+        head,
+        tail,
+        content_digest(head, policies, tail),
     )
 
 
-def content_digest(rows: ReportRows) -> str:
+def cut(rows: ReportRows, policies: tuple[PolicyRows, ...]) -> ReportRows:
+    """The report with only ``policies`` (some of its own), digest and all."""
+    return rows._replace(policies=policies, digest=content_digest(rows.head, policies, rows.tail))
+
+
+def content_digest(head: str, policies: Sequence[PolicyRows], tail: str) -> str:
     """SHA-256 of the report's content as canonical JSON (sorted keys, no
     spaces, ASCII): the same text for the same parsed content, whoever
     built the rows."""
-    text = rows.head + ",".join(p.content for p in rows.policies) + rows.tail
+    text = head + ",".join(p.content for p in policies) + tail
     return hashlib.sha256(text.encode()).hexdigest()
 
 

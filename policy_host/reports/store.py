@@ -25,7 +25,8 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError
 from policy_host.reports.model import HTTPS, Envelope, Report
-from policy_host.reports.rows import ReportRows, content_digest, domains, report_rows
+from policy_host.reports.pending import Pending
+from policy_host.reports.rows import ReportRows, domains, report_rows
 from policy_host.sqlitedb import BUSY_TIMEOUT, immediate, reading
 
 # What became of an input (raw.outcome).
@@ -166,7 +167,8 @@ class Tie:
 class Received:
     """One input as it arrived, before anything was made of it. ``size``
     and ``sha256`` are set when ``body`` is only the input's first bytes
-    (an input too large to read whole)."""
+    (an input too large to read whole); ``sha256`` may be set for a whole
+    body too (a worker process works it out, so the storing one need not)."""
 
     envelope: Envelope
     body: bytes
@@ -187,7 +189,7 @@ def keeps_whole(envelope: Envelope, outcome: str) -> bool:
 
 def digest(report: Report) -> str:
     """SHA-256 of the report's normalised content (``rows.content_digest``)."""
-    return content_digest(report_rows(report))
+    return report_rows(report).digest
 
 
 def compress(body: bytes) -> tuple[bytes, bool]:
@@ -203,9 +205,8 @@ class Store:
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
-        # Daily totals of the open transaction, written when it commits.
-        self._daily: dict[tuple[str, int, int], list[int]] = {}
-        self._daily_failure: dict[tuple[str, int, int, str], int] = {}
+        # Rows and daily totals of the open transaction, written when it commits.
+        self._pending = Pending()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -240,12 +241,12 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._daily.clear()
-        self._daily_failure.clear()
+        self._pending.clear()
         try:
             with immediate(self.conn) as conn:
                 yield conn
-                self._flush_daily(conn)
+                self._pending.flush(conn)
+                self._pending.flush_daily(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write the report store: {exc}") from exc
 
@@ -265,11 +266,10 @@ class Store:
         if not keeps_whole(env, outcome):
             data = data[:HEAD_BYTES]
         body, packed = compress(data)
-        cursor = conn.execute(
-            "INSERT INTO raw (received, channel, origin, verified, auth, outcome, reason, "
-            "domains, body, packed, report, size, sha256, cut) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        raw_row = self._pending.new_id(conn, "raw")
+        self._pending.rows["raw"].append(
             (
+                raw_row,
                 item.received,
                 env.channel,
                 env.origin,
@@ -284,9 +284,9 @@ class Store:
                 size,
                 sha256,
                 int(len(data) < size),
-            ),
+            )
         )
-        return int(cursor.lastrowid or 0)
+        return raw_row
 
     def add_report(
         self,
@@ -307,7 +307,7 @@ class Store:
     ) -> str:
         """``add_report`` of a report already made into rows."""
         env = item.envelope
-        content = content_digest(report)
+        content = report.digest
         cursor = conn.execute(
             "INSERT INTO report (organization, report_id, contact, start, end, received, "
             "channel, verified, quirks, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -341,6 +341,8 @@ class Store:
         content: str,
     ) -> str:
         """A report whose organisation and report-id are stored already."""
+        # What follows reads and changes stored rows: those held go in first.
+        self._pending.flush(conn)
         verified = item.envelope.verified
         report_row, was_verified, stored_digest = conn.execute(
             "SELECT id, verified, digest FROM report WHERE organization = ? AND report_id = ?",
@@ -364,6 +366,7 @@ class Store:
         # hold: the unverified one may be forged (anyone can POST), so the
         # verified content replaces it, and the replaced input is kept raw.
         raw_row = self.add_raw(conn, item, STORED, domains=_domains(report), report_row=report_row)
+        self._pending.flush(conn)
         conn.execute(
             "UPDATE raw SET outcome = ?, reason = ?, report = NULL WHERE report = ? AND id != ?",
             (
@@ -407,12 +410,13 @@ class Store:
     ) -> None:
         """A stored report's result and detail rows, and its daily totals."""
         day = int(report.start // DAY)
+        pending = self._pending
+        results, details = pending.rows["result"], pending.rows["detail"]
         for policy, tie in zip(report.policies, ties, strict=True):
-            cursor = conn.execute(
-                "INSERT INTO result (report, domain, start, verified, policy_type, "
-                "policy_string, mx_host, success, failure, policy_id, policy_match) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            result_row = pending.new_id(conn, "result")
+            results.append(
                 (
+                    result_row,
                     report_row,
                     policy.domain,
                     report.start,
@@ -424,40 +428,16 @@ class Store:
                     policy.failure,
                     tie.policy_id,
                     tie.match,
-                ),
+                )
             )
-            result_row = cursor.lastrowid
-            totals = self._daily.setdefault((policy.domain, day, int(verified)), [0, 0, 0])
+            totals = pending.daily.setdefault((policy.domain, day, int(verified)), [0, 0, 0])
             totals[0] += 1
             totals[1] += policy.success
             totals[2] += policy.failure
-            if not policy.details:
-                continue
             for d in policy.details:
                 key = (policy.domain, day, int(verified), d[0])
-                self._daily_failure[key] = self._daily_failure.get(key, 0) + d[1]
-            conn.executemany(
-                "INSERT INTO detail (result, result_type, count, sending_mta_ip, "
-                "receiving_mx_hostname, receiving_mx_helo, receiving_ip, "
-                "additional_information, failure_reason_code) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(result_row, *d) for d in policy.details],
-            )
-
-    def _flush_daily(self, conn: sqlite3.Connection) -> None:
-        """Add the daily totals gathered in this transaction (one upsert per
-        tenant and day, not per report)."""
-        conn.executemany(
-            "INSERT INTO daily VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "reports = reports + excluded.reports, success = success + excluded.success, "
-            "failure = failure + excluded.failure",
-            [(*key, *totals) for key, totals in self._daily.items()],
-        )
-        conn.executemany(
-            "INSERT INTO daily_failure VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "count = count + excluded.count",
-            [(*key, count) for key, count in self._daily_failure.items()],
-        )
+                pending.daily_failure[key] = pending.daily_failure.get(key, 0) + d[1]
+                details.append((result_row, *d))
 
     def _roll(
         self, conn: sqlite3.Connection, report_row: object, sign: int, *, verified: bool
