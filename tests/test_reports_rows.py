@@ -17,7 +17,7 @@ from support.reportenv import CORPUS, report_tree
 
 from policy_host.reports import batch
 from policy_host.reports.model import FailureDetail, PolicyResult, Report
-from policy_host.reports.rows import cut, report_rows, to_report
+from policy_host.reports.rows import cut, json_list, report_rows, to_report
 from policy_host.reports.store import digest
 
 
@@ -101,3 +101,10 @@ def test_result_json_columns_read_back_as_the_lists(field: str, tmp_path: Path) 
         for policy, rows in zip(report.policies, report_rows(report).policies, strict=True):
             value = policy.policy_string if field == "strings_json" else policy.mx_host
             assert tuple(json.loads(getattr(rows, field))) == value
+            assert getattr(rows, field) == json.dumps(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(text, max_size=6))
+def test_json_list_is_json_dumps(items: list[str]) -> None:
+    assert json_list(items) == json.dumps(items)

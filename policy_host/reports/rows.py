@@ -3,11 +3,9 @@
 ``ReportRows`` holds everything the store writes of a report: the ``report``
 row's values, each policy's ``result`` values (``policy-string`` and
 ``mx-host`` already as JSON text), each failure detail's ``detail`` values,
-and the canonical JSON the content digest is taken of, in pieces, so the
-digest of a report cut to the hosted domains' policies is a join and one
-SHA-256 away. It is made of plain tuples and strings, so a worker process
-can build it and send it to the one process that stores, which then only
-inserts (docs/performance.md).
+and the digest of its content. It is made of plain tuples and strings, so a
+worker process can build it and send it to the one process that stores,
+which then only inserts (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from policy_host.reports.model import FailureDetail, PolicyResult, Report
 
@@ -38,7 +36,6 @@ class PolicyRows(NamedTuple):
     details: tuple[DetailRow, ...]
     strings_json: str  # result.policy_string
     mx_json: str  # result.mx_host
-    content: str  # this policy's canonical JSON, a piece of the digest's text
 
 
 class ReportRows(NamedTuple):
@@ -52,26 +49,61 @@ class ReportRows(NamedTuple):
     end: float
     quirks: tuple[str, ...]
     policies: tuple[PolicyRows, ...]
-    head: str  # the digest's text before the policies' pieces
-    tail: str  # and after them
-    digest: str  # content_digest of these pieces
+    digest: str  # content_digest of the above
 
 
-def _canonical(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+# JSON text of a string, ASCII only (json's own C function).
+_text = json.encoder.encode_basestring_ascii
 
 
-def _detail_fields(d: DetailRow) -> dict[str, Any]:
-    return {
-        "result_type": d[0],
-        "count": d[1],
-        "sending_mta_ip": d[2],
-        "receiving_mx_hostname": d[3],
-        "receiving_mx_helo": d[4],
-        "receiving_ip": d[5],
-        "additional_information": d[6],
-        "failure_reason_code": d[7],
-    }
+def _maybe(value: str | None) -> str:
+    return "null" if value is None else _text(value)
+
+
+def json_list(items: Sequence[str]) -> str:
+    """``json.dumps(items)`` for a list of strings, without its per-call set-up."""
+    return "[" + ", ".join(map(_text, items)) + "]"
+
+
+def content_digest(
+    organization: str,
+    report_id: str,
+    contact: str | None,
+    start: float,
+    end: float,
+    policies: Sequence[PolicyRows],
+) -> str:
+    """SHA-256 of a report's content as canonical JSON: the same text for
+    the same parsed content, whoever built the rows. The quirks are left
+    out: they say how a copy was sent (mail header, gzip label), not what
+    it reports.
+
+    The text is ``json.dumps(dataclasses.asdict(report without quirks),
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True)``, so digests
+    stored before the rows existed still match, written out here because
+    building the dictionaries costs more than the rest of a report's rows
+    (tests/test_reports_rows.py compares the two on any report). Numbers
+    are ints and finite floats, whose ``repr`` is what json writes."""
+    parts = [
+        f'{{"contact":{_maybe(contact)},"end":{end!r},"organization":{_text(organization)},'
+        '"policies":['
+    ]
+    for i, p in enumerate(policies):
+        details = ",".join(
+            f'{{"additional_information":{_maybe(d[6])},"count":{d[1]!r},'
+            f'"failure_reason_code":{_maybe(d[7])},"receiving_ip":{_maybe(d[5])},'
+            f'"receiving_mx_helo":{_maybe(d[4])},"receiving_mx_hostname":{_maybe(d[3])},'
+            f'"result_type":{_text(d[0])},"sending_mta_ip":{_maybe(d[2])}}}'
+            for d in p.details
+        )
+        parts.append(
+            f'{"," if i else ""}{{"details":[{details}],"domain":{_text(p.domain)},'
+            f'"failure":{p.failure!r},"mx_host":[{",".join(map(_text, p.mx_host))}],'
+            f'"policy_string":[{",".join(map(_text, p.policy_string))}],'
+            f'"policy_type":{_text(p.policy_type)},"success":{p.success!r}}}'
+        )
+    parts.append(f'],"quirks":[],"report_id":{_text(report_id)},"start":{start!r}}}')
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def policy_rows(p: PolicyResult) -> PolicyRows:
@@ -82,17 +114,6 @@ def policy_rows(p: PolicyResult) -> PolicyRows:
         )
         for d in p.details
     )  # fmt: skip
-    content = _canonical(
-        {
-            "policy_type": p.policy_type,
-            "domain": p.domain,
-            "policy_string": p.policy_string,
-            "mx_host": p.mx_host,
-            "success": p.success,
-            "failure": p.failure,
-            "details": [_detail_fields(d) for d in details],
-        }
-    )
     return PolicyRows(
         p.policy_type,
         p.domain,
@@ -101,59 +122,25 @@ def policy_rows(p: PolicyResult) -> PolicyRows:
         p.success,
         p.failure,
         details,
-        json.dumps(p.policy_string),
-        json.dumps(p.mx_host),
-        content,
+        json_list(p.policy_string),
+        json_list(p.mx_host),
     )
-
-
-# Where the policies' pieces go in the report's canonical JSON.
-_POLICIES = '"policies":[]'
 
 
 def report_rows(report: Report) -> ReportRows:
-    # The digest covers the content, not the quirks: they say how a copy
-    # was sent (mail header, gzip label), not what it reports.
-    text = _canonical(
-        {
-            "organization": report.organization,
-            "report_id": report.report_id,
-            "contact": report.contact,
-            "start": report.start,
-            "end": report.end,
-            "policies": [],
-            "quirks": [],
-        }
-    )
-    # Quotes inside strings are escaped, so the key occurs once.
-    head, tail = text.split(_POLICIES)
-    head, tail = head + _POLICIES[:-1], "]" + tail
-    policies = tuple(policy_rows(p) for p in report.policies)
+    r = report
+    policies = tuple(policy_rows(p) for p in r.policies)
+    digest = content_digest(r.organization, r.report_id, r.contact, r.start, r.end, policies)
     return ReportRows(
-        report.organization,
-        report.report_id,
-        report.contact,
-        report.start,
-        report.end,
-        report.quirks,
-        policies,
-        head,
-        tail,
-        content_digest(head, policies, tail),
+        r.organization, r.report_id, r.contact, r.start, r.end, r.quirks, policies, digest
     )
 
 
 def cut(rows: ReportRows, policies: tuple[PolicyRows, ...]) -> ReportRows:
     """The report with only ``policies`` (some of its own), digest and all."""
-    return rows._replace(policies=policies, digest=content_digest(rows.head, policies, rows.tail))
-
-
-def content_digest(head: str, policies: Sequence[PolicyRows], tail: str) -> str:
-    """SHA-256 of the report's content as canonical JSON (sorted keys, no
-    spaces, ASCII): the same text for the same parsed content, whoever
-    built the rows."""
-    text = head + ",".join(p.content for p in policies) + tail
-    return hashlib.sha256(text.encode()).hexdigest()
+    r = rows
+    digest = content_digest(r.organization, r.report_id, r.contact, r.start, r.end, policies)
+    return rows._replace(policies=policies, digest=digest)
 
 
 def domains(policies: Sequence[PolicyRows]) -> list[str]:
