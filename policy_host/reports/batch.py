@@ -1,8 +1,9 @@
 """``reports ingest PATH...``: many files and Maildir messages at once.
 
 Reading, decompressing, parsing and DKIM-checking each input (``prepare``)
-needs no store, so a pool of processes does it, one per core; the parent
-stores what they made in order, in transactions of ``BATCH`` inputs, and
+needs no store, so forked worker processes do it, one per core
+(``workers``), and make each report into the rows the store inserts; the
+parent stores what they made in order, in transactions of ``BATCH`` inputs, and
 moves committed Maildir messages from new/ to cur/. With one core, or few
 inputs, everything runs in the parent.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import multiprocessing
 import os
 import time
 from collections import Counter
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from policy_host.read.config import TlsrptSettings
+from policy_host.reports import workers
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
@@ -242,15 +243,15 @@ def run(
     # A day's reports make indexes larger than SQLite's default 2 MiB cache.
     ingester.store.conn.execute("PRAGMA cache_size=-65536")
     listed = list(sources(paths))
-    pool = None
-    if jobs > 1 and len(listed) >= POOL_FROM:
-        # fork: the workers need nothing but ``job``; the store stays here.
-        pool = multiprocessing.get_context("fork").Pool(jobs)
+    chunks = None
     pending: Iterator[Ready]
     try:
-        if pool is not None:
+        if jobs > 1 and len(listed) >= POOL_FROM:
+            # Forked workers: they need nothing but ``job`` and ``listed``;
+            # the store stays here.
             work = functools.partial(prepare_packed, job)
-            pending = map(unpack_ready, pool.imap(work, listed, chunksize=INPUTS_PER_MESSAGE))
+            chunks = workers.in_order(listed, work, jobs, INPUTS_PER_MESSAGE)
+            pending = (unpack_ready(packed) for chunk in chunks for packed in chunk)
         else:
             pending = (ready(prepare(job, source)) for source in listed)
         while True:
@@ -274,6 +275,5 @@ def run(
             if len(batch) < BATCH:
                 return counts
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if chunks is not None:
+            chunks.close()
