@@ -94,9 +94,10 @@ def prepare(job: Job, source: Source | Done) -> Done:
     if isinstance(source, Done):
         return source
     name = source.path
-    path = Path(name)
+    path = None
     try:
         if source.maildir is not None:
+            path = Path(name)
             envelope = Envelope(MAIL, origin=f"maildir:{source.maildir}")
             try:
                 with path.open("rb") as handle:
@@ -105,7 +106,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
                 return _kept_aside(path, envelope, exc)
             is_message = True
         else:
-            loaded = file_input(path, job.cap)
+            loaded = file_input(name, job.cap)
             data, envelope, is_message = loaded.data, loaded.envelope, loaded.is_message
     except TooLarge as exc:
         return Done(name, None, str(exc))
@@ -122,8 +123,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
     else:
         lookup = resolver_lookup(job.dns_server, job.dns_timeout)
         prepared = prepare_message(item, job.settings, lookup)
-    new = path if source.maildir is not None else None
-    return Done(name, prepared, maildir_new=new)
+    return Done(name, prepared, maildir_new=path)
 
 
 def _kept_aside(message: Path, envelope: Envelope, exc: Exception) -> Done:
