@@ -73,16 +73,17 @@ def sources(paths: list[Path]) -> Iterator[Source | Done]:
     for path in paths:
         try:
             if is_maildir(path):
-                new = os.path.join(path, "new")
+                new = os.path.join(path, "new", "")
                 for name in sorted(os.listdir(new)):
                     if not name.startswith("."):
-                        yield Source(os.path.join(new, name), str(path))
+                        yield Source(new + name, str(path))
             elif path.is_dir():
-                # Names sorted as strings: comparing Path objects costs more
+                # Names sorted and joined as strings: Path objects cost more
                 # than reading a small report (docs/performance.md).
+                folder = os.path.join(path, "")
                 for name in sorted(os.listdir(path)):
                     if not name.startswith("."):
-                        yield Source(os.path.join(path, name))
+                        yield Source(folder + name)
             else:
                 yield Source(str(path))
         except OSError as exc:
@@ -180,8 +181,7 @@ def prepare_packed(job: Job, source: Source | Done) -> Packed:
     return (done.name, done.reason, new, (item, rows, p.outcome, p.reason))
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(NamedTuple):
     """An input as the storing process takes it: what ``prepare`` made of
     it (``item`` None when it could not be read), its report as rows."""
 
