@@ -55,7 +55,7 @@ def main() -> int:
     workers = children.ru_utime + children.ru_stime
     n = args.reports
     print(f"{dict(counts)}: {wall:.2f} s; CPU per report: parent {cpu / n * 1e6:.0f} us "
-          f"(its main thread {main_cpu / n * 1e6:.0f} us, the pool's threads the rest), "
+          f"(its main thread {main_cpu / n * 1e6:.0f} us), "
           f"workers {workers / n * 1e6:.0f} us")  # fmt: skip
     if args.profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(15)
