@@ -33,7 +33,7 @@ from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500
-# Below this many inputs a pool costs more than it saves.
+# Below this many inputs forking workers costs more than it saves.
 POOL_FROM = 200
 # Inputs per message between a worker and the parent.
 INPUTS_PER_MESSAGE = 64

@@ -48,7 +48,7 @@ class Prepared:
     """An input read and judged, not stored yet: either a ``report`` to
     keep, or an ``outcome`` (refused, not a report, unverified) with its
     reason. Made by ``prepare_body``/``prepare_message``, which touch no
-    store, so a pool of processes can make them while one process stores."""
+    store, so worker processes can make them while one process stores."""
 
     item: Received
     report: Report | None = None
