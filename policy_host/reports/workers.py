@@ -14,6 +14,7 @@ until the parent catches up.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -34,6 +35,8 @@ class WorkerFailed(PolicyHostError):
 
 # Chunks a worker may be ahead of the parent, beyond what its pipe holds.
 AHEAD = 16
+# What a pipe may hold: Linux lets anyone ask for up to 1 MiB.
+PIPE_BYTES = 1 << 20
 
 
 def in_order(
@@ -51,6 +54,7 @@ def in_order(
     try:
         for _ in range(jobs):
             reader, writer = multiprocessing.Pipe(duplex=False)
+            _widen(writer)
             pid = os.fork()
             if pid == 0:  # the worker: never returns
                 reader.close()
@@ -81,6 +85,13 @@ def in_order(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
+
+
+def _widen(pipe: Connection) -> None:
+    """Let the pipe hold several chunks (Linux; 64 KiB, about one chunk of
+    reports, by default), so a worker goes on while the parent stores."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _receive(reader: Connection, readers: list[Connection], done: dict[int, Any]) -> None:
