@@ -37,7 +37,7 @@ def test_every_corpus_input_survives_the_trip(job: batch.Job, tmp_path: Path) ->
         (maildir / sub).mkdir(parents=True)
     (maildir / "new" / "1.eml").write_bytes((CORPUS / "mail-json-part.eml").read_bytes())
     sources = list(batch.sources([CORPUS, maildir, tmp_path / "nowhere"]))
-    sources.append(batch.Source(CORPUS.parent))  # a folder: unreadable
+    sources.append(batch.Source(str(CORPUS.parent)))  # a folder: unreadable
     kinds = set()
     for source in sources:
         direct = batch.prepare(job, source)

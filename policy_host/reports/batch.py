@@ -1,8 +1,9 @@
 """``reports ingest PATH...``: many files and Maildir messages at once.
 
 Reading, decompressing, parsing and DKIM-checking each input (``prepare``)
-needs no store, so a pool of processes does it, one per core; the parent
-stores what they made in order, in transactions of ``BATCH`` inputs, and
+needs no store, so forked worker processes do it, one per core
+(``workers``), and make each report into the rows the store inserts; the
+parent stores what they made in order, in transactions of ``BATCH`` inputs, and
 moves committed Maildir messages from new/ to cur/. With one core, or few
 inputs, everything runs in the parent.
 """
@@ -12,36 +13,40 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import multiprocessing
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from policy_host.read.config import TlsrptSettings
+from policy_host.reports import workers
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
-from policy_host.reports.model import MAIL, Envelope, FailureDetail, PolicyResult, Report
+from policy_host.reports.model import MAIL, Envelope
+from policy_host.reports.rows import ReportRows, report_rows, to_report
 from policy_host.reports.sources import file_input, is_maildir
 from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500
-# Below this many inputs a pool costs more than it saves.
+# Below this many inputs forking workers costs more than it saves.
 POOL_FROM = 200
 # Inputs per message between a worker and the parent.
 INPUTS_PER_MESSAGE = 64
 
 
-@dataclass(frozen=True)
-class Source:
-    path: Path
+class Source(NamedTuple):
+    """One input to read. Plain strings: a worker gets tens of thousands
+    of them, and ``Path`` objects cost more to make and send than reading
+    a small report (docs/performance.md)."""
+
+    path: str
     # The Maildir folder when ``path`` is a message in its new/.
-    maildir: Path | None = None
+    maildir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,17 +73,19 @@ def sources(paths: list[Path]) -> Iterator[Source | Done]:
     for path in paths:
         try:
             if is_maildir(path):
-                for name in sorted(os.listdir(path / "new")):
+                new = os.path.join(path, "new", "")
+                for name in sorted(os.listdir(new)):
                     if not name.startswith("."):
-                        yield Source(path / "new" / name, path)
+                        yield Source(new + name, str(path))
             elif path.is_dir():
-                # Names sorted as strings: comparing Path objects costs more
+                # Names sorted and joined as strings: Path objects cost more
                 # than reading a small report (docs/performance.md).
+                folder = os.path.join(path, "")
                 for name in sorted(os.listdir(path)):
                     if not name.startswith("."):
-                        yield Source(path / name)
+                        yield Source(folder + name)
             else:
-                yield Source(path)
+                yield Source(str(path))
         except OSError as exc:
             yield Done(str(path), None, f"cannot read: {exc.strerror or exc}")
 
@@ -87,18 +94,20 @@ def prepare(job: Job, source: Source | Done) -> Done:
     """Read and judge one input (in a worker process)."""
     if isinstance(source, Done):
         return source
-    name = str(source.path)
+    name = source.path
+    path = None
     try:
         if source.maildir is not None:
+            path = Path(name)
             envelope = Envelope(MAIL, origin=f"maildir:{source.maildir}")
             try:
-                with source.path.open("rb") as handle:
+                with path.open("rb") as handle:
                     data = read_capped(handle, job.cap, name)
             except (TooLarge, OSError) as exc:
-                return _kept_aside(source.path, envelope, exc)
+                return _kept_aside(path, envelope, exc)
             is_message = True
         else:
-            loaded = file_input(source.path, job.cap)
+            loaded = file_input(name, job.cap)
             data, envelope, is_message = loaded.data, loaded.envelope, loaded.is_message
     except TooLarge as exc:
         return Done(name, None, str(exc))
@@ -106,7 +115,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
         return Done(name, None, "a folder inside a folder of reports (not read)")
     except OSError as exc:
         return Done(name, None, f"cannot read: {exc.strerror or exc}")
-    item = Received(envelope, data, time.time())
+    item = Received(envelope, data, time.time(), None, hashlib.sha256(data).hexdigest())
     if not is_message:
         labelled = name.lower().endswith((".gz", ".gzip"))
         prepared = prepare_body(item, job.settings, labelled_gzip=labelled)
@@ -115,8 +124,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
     else:
         lookup = resolver_lookup(job.dns_server, job.dns_timeout)
         prepared = prepare_message(item, job.settings, lookup)
-    new = source.path if source.maildir is not None else None
-    return Done(name, prepared, maildir_new=new)
+    return Done(name, prepared, maildir_new=path)
 
 
 def _kept_aside(message: Path, envelope: Envelope, exc: Exception) -> Done:
@@ -153,8 +161,9 @@ def _head_and_digest(path: Path) -> tuple[bytes, int, str]:
 
 
 # A ``Done`` as a worker sends it: nested tuples of str, int, float and
-# bytes, which pickle and unpickle several times faster than the frozen
-# dataclasses they stand for (docs/performance.md).
+# bytes, the report already as the rows the store inserts, which pickle and
+# unpickle several times faster than the frozen dataclasses they stand for,
+# and leave the storing process nothing to build (docs/performance.md).
 Packed = tuple[Any, ...]
 
 
@@ -165,44 +174,53 @@ def prepare_packed(job: Job, source: Source | Done) -> Packed:
     p = done.prepared
     if p is None:
         return (done.name, done.reason, new, None)
-    e, r = p.item.envelope, p.report
+    e = p.item.envelope
     envelope = (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter)
-    report = None
-    if r is not None:
-        policies = tuple(
-            (q.policy_type, q.domain, q.policy_string, q.mx_host, q.success, q.failure,
-             tuple(astuple_detail(d) for d in q.details))
-            for q in r.policies
-        )  # fmt: skip
-        report = (r.organization, r.report_id, r.contact, r.start, r.end, policies, r.quirks)
+    rows = None if p.report is None else report_rows(p.report)
     item = (envelope, p.item.body, p.item.received, p.item.size, p.item.sha256)
-    return (done.name, done.reason, new, (item, report, p.outcome, p.reason))
+    return (done.name, done.reason, new, (item, rows, p.outcome, p.reason))
 
 
-def astuple_detail(d: FailureDetail) -> tuple[Any, ...]:
-    return (
-        d.result_type, d.count, d.sending_mta_ip, d.receiving_mx_hostname,
-        d.receiving_mx_helo, d.receiving_ip, d.additional_information, d.failure_reason_code,
-    )  # fmt: skip
+class Ready(NamedTuple):
+    """An input as the storing process takes it: what ``prepare`` made of
+    it (``item`` None when it could not be read), its report as rows."""
+
+    name: str
+    reason: str
+    maildir_new: Path | None
+    item: Received | None
+    rows: ReportRows | None = None
+    outcome: str = ""
+    why: str = ""
 
 
-def unpack(packed: Packed) -> Done:
-    """The ``Done`` a worker packed (in the parent)."""
+def ready(done: Done) -> Ready:
+    """A ``Done`` made in this process, as the storing loop takes it."""
+    p = done.prepared
+    if p is None:
+        return Ready(done.name, done.reason, done.maildir_new, None)
+    rows = None if p.report is None else report_rows(p.report)
+    return Ready(done.name, done.reason, done.maildir_new, p.item, rows, p.outcome, p.reason)
+
+
+def unpack_ready(packed: Packed) -> Ready:
+    """What a worker packed, as the storing loop takes it (in the parent)."""
     name, reason, new, prepared = packed
     maildir_new = None if new is None else Path(new)
     if prepared is None:
-        return Done(name, None, reason, maildir_new)
-    (envelope, body, received, size, sha256), report, outcome, why = prepared
-    parsed = None
-    if report is not None:
-        org, report_id, contact, start, end, policies, quirks = report
-        results = tuple(
-            PolicyResult(kind, domain, strings, mx, ok, bad, tuple(FailureDetail(*d) for d in ds))
-            for kind, domain, strings, mx, ok, bad, ds in policies
-        )
-        parsed = Report(org, report_id, contact, start, end, results, quirks)
+        return Ready(name, reason, maildir_new, None)
+    (envelope, body, received, size, sha256), rows, outcome, why = prepared
     item = Received(Envelope(*envelope), body, received, size, sha256)
-    return Done(name, Prepared(item, parsed, outcome, why), reason, maildir_new)
+    return Ready(name, reason, maildir_new, item, rows, outcome, why)
+
+
+def unpack(packed: Packed) -> Done:
+    """The ``Done`` a worker packed, whole (its report rebuilt from the rows)."""
+    r = unpack_ready(packed)
+    if r.item is None:
+        return Done(r.name, None, r.reason, r.maildir_new)
+    report = None if r.rows is None else to_report(r.rows)
+    return Done(r.name, Prepared(r.item, report, r.outcome, r.why), r.reason, r.maildir_new)
 
 
 def mark_seen(message: Path) -> None:
@@ -225,36 +243,37 @@ def run(
     # A day's reports make indexes larger than SQLite's default 2 MiB cache.
     ingester.store.conn.execute("PRAGMA cache_size=-65536")
     listed = list(sources(paths))
-    pool = None
-    if jobs > 1 and len(listed) >= POOL_FROM:
-        # fork: the workers need nothing but ``job``; the store stays here.
-        pool = multiprocessing.get_context("fork").Pool(jobs)
-    pending: Iterator[Done]
+    chunks = None
+    pending: Iterator[Ready]
     try:
-        if pool is not None:
+        if jobs > 1 and len(listed) >= POOL_FROM:
+            # Forked workers: they need nothing but ``job`` and ``listed``;
+            # the store stays here.
             work = functools.partial(prepare_packed, job)
-            pending = map(unpack, pool.imap(work, listed, chunksize=INPUTS_PER_MESSAGE))
+            chunks = workers.in_order(listed, work, jobs, INPUTS_PER_MESSAGE)
+            pending = (unpack_ready(packed) for chunk in chunks for packed in chunk)
         else:
-            pending = (prepare(job, source) for source in listed)
+            pending = (ready(prepare(job, source)) for source in listed)
         while True:
-            batch: list[Done] = []
+            batch: list[Ready] = []
             with ingester.store.transaction() as conn:
                 for result in pending:
                     batch.append(result)
-                    if result.prepared is None:
+                    if result.item is None:
                         outcome = Outcome("unreadable", result.reason)
                     else:
-                        outcome = ingester.commit(conn, result.prepared)
+                        outcome = ingester.commit_rows(
+                            conn, result.item, result.rows, result.outcome, result.why
+                        )
                     counts[outcome.outcome] += 1
                     report(result.name, outcome)
                     if len(batch) >= BATCH:
                         break
             for result in batch:
-                if result.maildir_new is not None and result.prepared is not None:
+                if result.maildir_new is not None and result.item is not None:
                     mark_seen(result.maildir_new)
             if len(batch) < BATCH:
                 return counts
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if chunks is not None:
+            chunks.close()

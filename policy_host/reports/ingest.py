@@ -22,6 +22,7 @@ from policy_host.reports.dkimcheck import TxtLookup, verify
 from policy_host.reports.model import MAIL, Envelope, Report
 from policy_host.reports.parse import Refused, parse_report
 from policy_host.reports.policies import ServedHistory
+from policy_host.reports.rows import ReportRows, cut, report_rows
 from policy_host.reports.store import (
     FOREIGN,
     NOT_REPORT,
@@ -47,7 +48,7 @@ class Prepared:
     """An input read and judged, not stored yet: either a ``report`` to
     keep, or an ``outcome`` (refused, not a report, unverified) with its
     reason. Made by ``prepare_body``/``prepare_message``, which touch no
-    store, so a pool of processes can make them while one process stores."""
+    store, so worker processes can make them while one process stores."""
 
     item: Received
     report: Report | None = None
@@ -134,17 +135,30 @@ class Ingester:
 
     def commit(self, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
         """Store what ``prepare_*`` made of an input, in ``conn``'s transaction."""
-        item, report = prepared.item, prepared.report
-        if prepared.outcome:
+        report = prepared.report
+        rows = report_rows(report) if report is not None else None
+        return self.commit_rows(conn, prepared.item, rows, prepared.outcome, prepared.reason)
+
+    def commit_rows(
+        self,
+        conn: sqlite3.Connection,
+        item: Received,
+        report: ReportRows | None,
+        outcome: str,
+        reason: str,
+    ) -> Outcome:
+        """``commit`` of an input whose report (if any) is already rows, as
+        a worker process makes them."""
+        if outcome:
             domains = _domains(report) if report is not None else []
-            self.store.add_raw(conn, item, prepared.outcome, prepared.reason, domains)
+            self.store.add_raw(conn, item, outcome, reason, domains)
             if report is None:
-                return Outcome(prepared.outcome, prepared.reason)
-            return Outcome(prepared.outcome, prepared.reason, report.organization, report.report_id)
+                return Outcome(outcome, reason)
+            return Outcome(outcome, reason, report.organization, report.report_id)
         assert report is not None
         return self._keep(conn, item, report)
 
-    def _keep(self, conn: sqlite3.Connection, item: Received, report: Report) -> Outcome:
+    def _keep(self, conn: sqlite3.Connection, item: Received, report: ReportRows) -> Outcome:
         ours = tuple(p for p in report.policies if self.hosted(p.domain))
         if report.policies and not ours:
             domains = _domains(report)
@@ -152,11 +166,11 @@ class Ingester:
             self.store.add_raw(conn, item, FOREIGN, reason, domains)
             return Outcome(FOREIGN, reason, report.organization, report.report_id)
         if len(ours) != len(report.policies):
-            report = dataclasses.replace(report, policies=ours)
+            report = cut(report, ours)
         ties = [self.history.tie(policy, report.start) for policy in ours]
-        outcome = self.store.add_report(conn, item, report, ties)
+        outcome = self.store.add_rows(conn, item, report, ties)
         return Outcome(outcome, "", report.organization, report.report_id)
 
 
-def _domains(report: Report) -> list[str]:
+def _domains(report: ReportRows) -> list[str]:
     return sorted({p.domain or "?" for p in report.policies})

@@ -135,6 +135,12 @@ class _Reader:
             return value[:MAX_TEXT]
         return value
 
+    def texts(self, values: list[str]) -> tuple[str, ...]:
+        """``text`` of each (one length check for the usual short list)."""
+        if values and max(map(len, values)) > MAX_TEXT:
+            return tuple(self.text(v) for v in values)
+        return tuple(values)
+
     def optional_text(self, doc: Mapping[str, Any], key: str, where: str) -> str | None:
         value = doc.get(key)
         if value is None:
@@ -207,7 +213,7 @@ class _Reader:
         strings = policy.get("policy-string") or []
         if isinstance(strings, str):
             strings = [strings]
-        if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+        if not isinstance(strings, list) or not _all_text(strings):
             raise Refused(f"{where}policy.policy-string: expected a list of text")
         raw_domain = policy.get("policy-domain")
         if isinstance(raw_domain, str) and raw_domain.strip():
@@ -227,7 +233,7 @@ class _Reader:
             self.quirks.add("mx-host-string")
             mx = [mx]
         mx = mx or []
-        if not isinstance(mx, list) or not all(isinstance(m, str) for m in mx):
+        if not isinstance(mx, list) or not _all_text(mx):
             raise Refused(f"{where}policy.mx-host: expected text or a list of text")
         summary = item.get("summary")
         if not isinstance(summary, dict):
@@ -249,8 +255,8 @@ class _Reader:
         return PolicyResult(
             policy_type=policy_type,
             domain=domain,
-            policy_string=tuple(self.text(s) for s in strings),
-            mx_host=tuple(self.text(m.strip().lower()) for m in mx),
+            policy_string=self.texts(strings),
+            mx_host=self.texts([m.strip().lower() for m in mx]),
             success=success,
             failure=failure,
             details=tuple(details),
@@ -275,3 +281,11 @@ class _Reader:
             additional_information=self.optional_text(item, "additional-information", where),
             failure_reason_code=self.optional_text(item, "failure-reason-code", where),
         )
+
+
+# JSON gives exact types, so a set of them tells "all text" at C speed.
+_TEXT_ONLY = frozenset({str})
+
+
+def _all_text(values: list[Any]) -> bool:
+    return set(map(type, values)) <= _TEXT_ONLY

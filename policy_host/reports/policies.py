@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from policy_host import state
 from policy_host.render import CRLF, fingerprint
-from policy_host.reports.model import PolicyResult
 from policy_host.reports.store import Tie
 
 CURRENT = "current"
@@ -33,6 +33,18 @@ NEVER_SERVED = "never-served"
 UNTRACKED = "untracked"
 NOT_STS = "not-sts"
 MATCHES = (CURRENT, PREVIOUS, STALE, NEVER_SERVED, UNTRACKED, NOT_STS)
+
+
+class PolicyKey(Protocol):
+    """What a report's policy entry says of the policy it used (a parsed
+    ``PolicyResult`` or the ``PolicyRows`` a worker made of one)."""
+
+    @property
+    def policy_type(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def policy_string(self) -> tuple[str, ...]: ...
 
 
 class ServedHistory:
@@ -47,7 +59,7 @@ class ServedHistory:
     def load(cls, state_db: Path) -> ServedHistory:
         return cls(state.served_versions(state_db))
 
-    def tie(self, result: PolicyResult, start: float) -> Tie:
+    def tie(self, result: PolicyKey, start: float) -> Tie:
         if result.policy_type != "sts":
             return Tie(None, NOT_STS)
         versions = self.domains.get(result.domain)

@@ -16,10 +16,8 @@ verified, and a verified copy with another digest replaces an unverified one
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import hashlib
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,8 @@ from pathlib import Path
 
 from policy_host.errors import PolicyHostError
 from policy_host.reports.model import HTTPS, Envelope, Report
+from policy_host.reports.pending import Pending
+from policy_host.reports.rows import ReportRows, domains, report_rows
 from policy_host.sqlitedb import BUSY_TIMEOUT, immediate, reading
 
 # What became of an input (raw.outcome).
@@ -167,7 +167,8 @@ class Tie:
 class Received:
     """One input as it arrived, before anything was made of it. ``size``
     and ``sha256`` are set when ``body`` is only the input's first bytes
-    (an input too large to read whole)."""
+    (an input too large to read whole); ``sha256`` may be set for a whole
+    body too (a worker process works it out, so the storing one need not)."""
 
     envelope: Envelope
     body: bytes
@@ -187,12 +188,8 @@ def keeps_whole(envelope: Envelope, outcome: str) -> bool:
 
 
 def digest(report: Report) -> str:
-    """SHA-256 of the report's normalised content as canonical JSON. Quirks
-    are left out: they say how a copy was sent (mail header, gzip label),
-    not what it reports."""
-    content = dataclasses.asdict(dataclasses.replace(report, quirks=()))
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """SHA-256 of the report's normalised content (``rows.content_digest``)."""
+    return report_rows(report).digest
 
 
 def compress(body: bytes) -> tuple[bytes, bool]:
@@ -208,9 +205,8 @@ class Store:
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
-        # Daily totals of the open transaction, written when it commits.
-        self._daily: dict[tuple[str, int, int], list[int]] = {}
-        self._daily_failure: dict[tuple[str, int, int, str], int] = {}
+        # Rows and daily totals of the open transaction, written when it commits.
+        self._pending = Pending()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -245,12 +241,12 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._daily.clear()
-        self._daily_failure.clear()
+        self._pending.clear()
         try:
             with immediate(self.conn) as conn:
                 yield conn
-                self._flush_daily(conn)
+                self._pending.flush(conn)
+                self._pending.flush_daily(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write the report store: {exc}") from exc
 
@@ -270,11 +266,10 @@ class Store:
         if not keeps_whole(env, outcome):
             data = data[:HEAD_BYTES]
         body, packed = compress(data)
-        cursor = conn.execute(
-            "INSERT INTO raw (received, channel, origin, verified, auth, outcome, reason, "
-            "domains, body, packed, report, size, sha256, cut) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        raw_row = self._pending.new_id(conn, "raw")
+        self._pending.rows["raw"].append(
             (
+                raw_row,
                 item.received,
                 env.channel,
                 env.origin,
@@ -289,9 +284,9 @@ class Store:
                 size,
                 sha256,
                 int(len(data) < size),
-            ),
+            )
         )
-        return int(cursor.lastrowid or 0)
+        return raw_row
 
     def add_report(
         self,
@@ -301,8 +296,18 @@ class Store:
         ties: Sequence[Tie],
     ) -> str:
         """Store a parsed report (and its raw bytes); STORED or DUPLICATE."""
+        return self.add_rows(conn, item, report_rows(report), ties)
+
+    def add_rows(
+        self,
+        conn: sqlite3.Connection,
+        item: Received,
+        report: ReportRows,
+        ties: Sequence[Tie],
+    ) -> str:
+        """``add_report`` of a report already made into rows."""
         env = item.envelope
-        content = digest(report)
+        content = report.digest
         cursor = conn.execute(
             "INSERT INTO report (organization, report_id, contact, start, end, received, "
             "channel, verified, quirks, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -331,11 +336,13 @@ class Store:
         self,
         conn: sqlite3.Connection,
         item: Received,
-        report: Report,
+        report: ReportRows,
         ties: Sequence[Tie],
         content: str,
     ) -> str:
         """A report whose organisation and report-id are stored already."""
+        # What follows reads and changes stored rows: those held go in first.
+        self._pending.flush(conn)
         verified = item.envelope.verified
         report_row, was_verified, stored_digest = conn.execute(
             "SELECT id, verified, digest FROM report WHERE organization = ? AND report_id = ?",
@@ -359,6 +366,7 @@ class Store:
         # hold: the unverified one may be forged (anyone can POST), so the
         # verified content replaces it, and the replaced input is kept raw.
         raw_row = self.add_raw(conn, item, STORED, domains=_domains(report), report_row=report_row)
+        self._pending.flush(conn)
         conn.execute(
             "UPDATE raw SET outcome = ?, reason = ?, report = NULL WHERE report = ? AND id != ?",
             (
@@ -395,77 +403,41 @@ class Store:
         self,
         conn: sqlite3.Connection,
         report_row: int,
-        report: Report,
+        report: ReportRows,
         ties: Sequence[Tie],
         *,
         verified: bool,
     ) -> None:
         """A stored report's result and detail rows, and its daily totals."""
         day = int(report.start // DAY)
+        pending = self._pending
+        results, details = pending.rows["result"], pending.rows["detail"]
         for policy, tie in zip(report.policies, ties, strict=True):
-            cursor = conn.execute(
-                "INSERT INTO result (report, domain, start, verified, policy_type, "
-                "policy_string, mx_host, success, failure, policy_id, policy_match) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            result_row = pending.new_id(conn, "result")
+            results.append(
                 (
+                    result_row,
                     report_row,
                     policy.domain,
                     report.start,
                     int(verified),
                     policy.policy_type,
-                    json.dumps(policy.policy_string),
-                    json.dumps(policy.mx_host),
+                    policy.strings_json,
+                    policy.mx_json,
                     policy.success,
                     policy.failure,
                     tie.policy_id,
                     tie.match,
-                ),
+                )
             )
-            result_row = cursor.lastrowid
-            totals = self._daily.setdefault((policy.domain, day, int(verified)), [0, 0, 0])
+            totals = pending.daily.setdefault((policy.domain, day, int(verified)), [0, 0, 0])
             totals[0] += 1
             totals[1] += policy.success
             totals[2] += policy.failure
-            if not policy.details:
-                continue
             for d in policy.details:
-                key = (policy.domain, day, int(verified), d.result_type)
-                self._daily_failure[key] = self._daily_failure.get(key, 0) + d.count
-            conn.executemany(
-                "INSERT INTO detail (result, result_type, count, sending_mta_ip, "
-                "receiving_mx_hostname, receiving_mx_helo, receiving_ip, "
-                "additional_information, failure_reason_code) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        result_row,
-                        d.result_type,
-                        d.count,
-                        d.sending_mta_ip,
-                        d.receiving_mx_hostname,
-                        d.receiving_mx_helo,
-                        d.receiving_ip,
-                        d.additional_information,
-                        d.failure_reason_code,
-                    )
-                    for d in policy.details
-                ],
-            )
-
-    def _flush_daily(self, conn: sqlite3.Connection) -> None:
-        """Add the daily totals gathered in this transaction (one upsert per
-        tenant and day, not per report)."""
-        conn.executemany(
-            "INSERT INTO daily VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "reports = reports + excluded.reports, success = success + excluded.success, "
-            "failure = failure + excluded.failure",
-            [(*key, *totals) for key, totals in self._daily.items()],
-        )
-        conn.executemany(
-            "INSERT INTO daily_failure VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "count = count + excluded.count",
-            [(*key, count) for key, count in self._daily_failure.items()],
-        )
+                key = (policy.domain, day, int(verified), d[0])
+                pending.daily_failure[key] = pending.daily_failure.get(key, 0) + d[1]
+                details.append((result_row, *d))
 
     def _roll(
         self, conn: sqlite3.Connection, report_row: object, sign: int, *, verified: bool
@@ -525,8 +497,8 @@ class Store:
         return {str(outcome): int(n) for outcome, n in rows}
 
 
-def _domains(report: Report) -> list[str]:
-    return sorted({p.domain for p in report.policies})
+def _domains(report: ReportRows) -> list[str]:
+    return domains(report.policies)
 
 
 def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
