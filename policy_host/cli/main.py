@@ -101,6 +101,12 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.serve.web import WATCH_INTERVAL
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
+    if args.changed:
+        from policy_host.cli.changed import reload_changed
+
+        status = reload_changed(config, args.changed, pid, dry_run=args.dry_run)
+        if status is not None:
+            return status
     memo = SnapshotMemo()  # the compile reuses what is read here
     if not args.dry_run:
         memo.load.scan_ahead(config, default_jobs())  # while what is served now is read
@@ -207,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and also rotates the published ids.",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    p.add_argument(
+        "--changed",
+        nargs="+",
+        metavar="FILE",
+        help="compile only these tenant files ('-': read the paths from stdin, one a line, as "
+        "'git diff --name-only' prints them); files not ending .yaml are skipped. Falls back "
+        "to compiling every file when that is needed",
+    )
     p.set_defaults(handler=cmd_reload)
 
     from policy_host.cli import show as show_cli  # show: a tenant's policy and records

@@ -163,7 +163,7 @@ def real_environment(config: ProviderConfig) -> Environment:
 
 def app_workers(config: ProviderConfig) -> AppWorkers:
     """The workers behind ``serve.bind``, asked over plain HTTP."""
-    from policy_host.serve.snapshot import snapshot_id
+    from policy_host.serve.snapshot import served_id
     from policy_host.serve.web import SNAPSHOT_PATH
 
     # Not a policy name: the app answers SNAPSHOT_PATH only for others.
@@ -173,7 +173,7 @@ def app_workers(config: ProviderConfig) -> AppWorkers:
         status, body = fetch_app(config.serve.bind, SNAPSHOT_PATH, host, timeout=FETCH_TIMEOUT)
         return parse_state(body.decode("ascii", "replace")) if status == 200 else None
 
-    return AppWorkers(ask=ask, want=lambda: snapshot_id(config.snapshot_path))
+    return AppWorkers(ask=ask, want=lambda: served_id(config.snapshot_path))
 
 
 def certificate_check(config: ProviderConfig, clock: Clock = time.time) -> Certified:

@@ -1,0 +1,67 @@
+"""`reload --changed FILE...`: make only the named tenant files' changes live.
+
+A deploy hook knows what changed (``git diff --name-only OLD NEW``); with
+1,000,000 tenants looking at every file costs seconds, reading the named
+ones milliseconds (``serve.incremental``). A full `reload` stays the safety
+net (run it now and then, e.g. from a timer): it finds any change a hook
+missed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TextIO
+
+from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, print_problems
+from policy_host.model import POLICY_HOST_PREFIX
+from policy_host.read.config import ProviderConfig
+
+
+def named_paths(args: Iterable[str], stdin: TextIO) -> Iterator[str]:
+    """The paths given, with ``-`` standing for the lines of ``stdin``."""
+    for arg in args:
+        if arg == "-":
+            yield from (line.rstrip("\n") for line in stdin)
+        else:
+            yield arg
+
+
+def reload_changed(
+    config: ProviderConfig, args: list[str], pid: int, *, dry_run: bool
+) -> int | None:
+    """Compile the named files alone and report; ``None`` when every file
+    must be compiled instead (the caller does that)."""
+    import logging
+
+    from policy_host.serve.incremental import compile_changed, problems_of, tenant_names
+    from policy_host.serve.web import WATCH_INTERVAL
+
+    named = tenant_names(config, named_paths(args, sys.stdin))
+    if named.outside:
+        print_problems(problems_of(named), sys.stdout)
+        return EXIT_USAGE
+    compiled = compile_changed(config, named.names, proceed=(lambda _c: False) if dry_run else None)
+    if compiled is None:
+        logging.getLogger(__name__).warning(
+            "the named files cannot be compiled alone; compiling every tenant file"
+        )
+        return None
+    result = compiled.result
+    print_problems(result.problems, sys.stdout)
+    for domain in sorted(result.broken):
+        print(
+            f"{domain}: not changed: "
+            + ("its last good policy stays served" if domain in compiled.kept else "not served"),
+            file=sys.stderr,
+        )
+    for host, body in sorted(compiled.changed.items()):
+        domain = host.removeprefix(POLICY_HOST_PREFIX)
+        print(f"{domain}: {'changed' if body is not None else 'no longer served'}", file=sys.stderr)
+    verb = "would change" if dry_run else "changed"
+    print(
+        f"{verb} {len(compiled.changed)} of {len(named.names)} named tenant files' policies; "
+        f"server pid {pid}" + ("" if dry_run else f" picks them up within {WATCH_INTERVAL} s"),
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEMS if result.errors else EXIT_OK
