@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import dns.update
 
@@ -21,6 +21,10 @@ from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig
 from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
 from policy_host.read.tenants import LoadResult
+
+if TYPE_CHECKING:
+    from policy_host.serve.compiler import Compiled
+    from policy_host.serve.snapshot import SnapshotMemo
 
 # Seconds for one HTTP fetch while verifying.
 FETCH_TIMEOUT = 3.0
@@ -111,7 +115,7 @@ def settle_time(watch_interval: float) -> float:
 
 def real_environment(config: ProviderConfig) -> Environment:
     """The production environment: the running server, HTTP, the primary."""
-    from policy_host.serve.server import go_live, running_pid
+    from policy_host.serve.server import running_pid
     from policy_host.serve.snapshot import SnapshotMemo
     from policy_host.serve.web import WATCH_INTERVAL
 
@@ -139,7 +143,7 @@ def real_environment(config: ProviderConfig) -> Environment:
             running_pid(config)
             return True
 
-        compiled = go_live(config, loaded=result, memo=memo, proceed=proceed)
+        compiled = compile_loaded(config, result, memo=memo, proceed=proceed)
         return compiled.changed_domains() if compiled.written else None
 
     context: list[ssl.SSLContext] = []
@@ -159,6 +163,26 @@ def real_environment(config: ProviderConfig) -> Environment:
         certified=certificate_check(config) if config.acme.configured else None,
         workers=app_workers(config),
     )
+
+
+def compile_loaded(
+    config: ProviderConfig,
+    result: LoadResult,
+    *,
+    memo: SnapshotMemo | None = None,
+    proceed: Callable[[dict[str, bytes | None]], bool] | None = None,
+) -> Compiled:
+    """Serve what `apply` validated: ``go_live`` with it, or, for the
+    named tenants of `apply --changed`, those alone
+    (``serve.incremental``); what cannot be compiled alone is compiled
+    whole, from the files (``result`` holds the named tenants only)."""
+    from policy_host.serve.incremental import compile_changed
+    from policy_host.serve.server import go_live
+
+    if result.named is None:
+        return go_live(config, loaded=result, memo=memo, proceed=proceed)
+    alone = compile_changed(config, list(result.named), loaded=result, proceed=proceed)
+    return alone or go_live(config, memo=memo, proceed=proceed)
 
 
 def app_workers(config: ProviderConfig) -> AppWorkers:

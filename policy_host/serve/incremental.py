@@ -34,7 +34,7 @@ from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.scan import SUFFIX
-from policy_host.read.tenants import LoadResult, load_file
+from policy_host.read.tenants import LoadResult, load_named, named_domains
 from policy_host.serve import files as static
 from policy_host.serve.compiler import ChangedHosts, Compiled
 from policy_host.serve.journal import (
@@ -90,24 +90,30 @@ def compile_changed(
     config: ProviderConfig,
     names: list[str],
     *,
+    loaded: LoadResult | None = None,
     proceed: Callable[[ChangedHosts], bool] | None = None,
 ) -> Compiled | None:
     """Compile the tenant files ``names`` (file names in the tenants folder)
     and make the result live; ``None`` when only a full compile can (see
     the module docstring). The ``Compiled`` holds the named tenants only:
     ``snapshot`` their entries (under the new step's id), ``result`` their
-    load. ``proceed`` as in ``compile_snapshot``."""
+    load. ``loaded``: ``load_named(config, names)`` made by the caller
+    (`apply` serves what it validated). ``proceed`` as in
+    ``compile_snapshot``."""
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(static.locked(config.www_dir))
         except OSError as exc:  # TimeoutError too
             raise PolicyHostError(f"{config.www_dir}: cannot compile: {exc}") from exc
         stack.enter_context(gc_paused())
-        return _compile_changed(config, names, proceed)
+        return _compile_changed(config, names, loaded, proceed)
 
 
 def _compile_changed(
-    config: ProviderConfig, names: list[str], proceed: Callable[[ChangedHosts], bool] | None
+    config: ProviderConfig,
+    names: list[str],
+    loaded: LoadResult | None,
+    proceed: Callable[[ChangedHosts], bool] | None,
 ) -> Compiled | None:
     www, path = config.www_dir, config.snapshot_path
     on_disk = snapshot_id(path)
@@ -122,10 +128,10 @@ def _compile_changed(
     head = steps[-1].id if steps else on_disk
     if journal is not None and journal.head != head:
         return None  # a step no snapshot has: a full compile sorts it out
-    result = _load(config, names)
+    result = loaded if loaded is not None else load_named(config, names)
     if result is None:
         return None
-    gone = [name[: -len(SUFFIX)] for name in names if not (config.tenants_dir / name).exists()]
+    gone = [d for d in named_domains(result) if d not in result.tenants and d not in result.broken]
     from_state = fallback_policies(config.state_db, [*result.broken, *gone])
     entries: dict[str, Entry] = {}
     kept: list[str] = []
@@ -157,32 +163,6 @@ def _compile_changed(
         snapshot = Snapshot(snapshot.entries, head)
     log.info("compiled %d changed tenant files (%d policies changed)", len(names), len(changed))
     return Compiled(snapshot, result, sorted(kept), changed)
-
-
-def _load(config: ProviderConfig, names: list[str]) -> LoadResult | None:
-    """The named files that exist, read as a full load reads them; None
-    when one's name is not exactly its domain's (then another file may
-    name the same domain: only a full load can tell)."""
-    result = LoadResult()
-    for name in names:
-        path = config.tenants_dir / name
-        if not path.exists():
-            continue
-        domain, tenant, problems, body = load_file(path, config)
-        result.problems.extend(problems)
-        result.files += 1
-        if domain is None or domain + SUFFIX != name:
-            if domain is None:
-                continue
-            return None
-        if tenant is None or body is None:
-            result.broken[domain] = str(path)
-            continue
-        result.tenants[domain] = tenant
-        result.bodies[domain] = body
-        result.sources[domain] = str(path)
-    result.problems.sort(key=lambda p: (p.path, p.line))
-    return result
 
 
 def _write(
