@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_reload)
 
+    from policy_host.cli.changed import register_watch
+
+    register_watch(sub, common)
+
     from policy_host.cli import show as show_cli  # show: a tenant's policy and records
 
     show_cli.register(sub, common)
