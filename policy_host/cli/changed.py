@@ -12,6 +12,7 @@ seconds): it finds any change a hook or an event missed.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
@@ -19,6 +20,8 @@ from typing import Any, TextIO
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, print_problems
 from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig
+
+log = logging.getLogger(__name__)
 
 
 def named_paths(args: Iterable[str], stdin: TextIO) -> Iterator[str]:
@@ -70,15 +73,15 @@ def register_watch(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_watch)
 
 
-def reload_changed(
-    config: ProviderConfig, args: list[str], pid: int, *, dry_run: bool
-) -> int | None:
+def reload_changed(config: ProviderConfig, args: list[str], *, dry_run: bool) -> int | None:
     """Compile the named files alone and report; ``None`` when every file
-    must be compiled instead (the caller does that)."""
-    import logging
-
+    must be compiled instead (the caller does that). Imports neither
+    gunicorn nor Flask: a command's start-up is most of its time."""
     from policy_host.serve.incremental import compile_changed, problems_of, tenant_names
-    from policy_host.serve.web import WATCH_INTERVAL
+    from policy_host.serve.pidfile import running_pid
+    from policy_host.serve.workerinfo import WATCH_INTERVAL
+
+    pid = running_pid(config)  # no server: nothing would go live, say so first
 
     named = tenant_names(config, named_paths(args, sys.stdin))
     if named.outside:
@@ -86,9 +89,7 @@ def reload_changed(
         return EXIT_USAGE
     compiled = compile_changed(config, named.names, proceed=(lambda _c: False) if dry_run else None)
     if compiled is None:
-        logging.getLogger(__name__).warning(
-            "the named files cannot be compiled alone; compiling every tenant file"
-        )
+        log.warning("the named files cannot be compiled alone; compiling every tenant file")
         return None
     result = compiled.result
     print_problems(result.problems, sys.stdout)

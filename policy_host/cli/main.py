@@ -94,6 +94,12 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
+    if args.changed:
+        from policy_host.cli.changed import reload_changed
+
+        status = reload_changed(config, args.changed, dry_run=args.dry_run)
+        if status is not None:
+            return status
     from policy_host.read.tenants import default_jobs, load_tenants
     from policy_host.serve.compiler import served_from_state
     from policy_host.serve.server import go_live, running_pid
@@ -101,12 +107,6 @@ def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.serve.web import WATCH_INTERVAL
 
     pid = running_pid(config)  # no server: nothing would go live, say so first
-    if args.changed:
-        from policy_host.cli.changed import reload_changed
-
-        status = reload_changed(config, args.changed, pid, dry_run=args.dry_run)
-        if status is not None:
-            return status
     memo = SnapshotMemo()  # the compile reuses what is read here
     if not args.dry_run:
         memo.load.scan_ahead(config, default_jobs())  # while what is served now is read

@@ -20,7 +20,7 @@ from policy_host.fetch import client_context, fetch_app, fetch_from
 from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
 from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
-from policy_host.read.tenants import LoadResult
+from policy_host.read.tenants import LoadResult, default_jobs
 
 if TYPE_CHECKING:
     from policy_host.serve.compiler import Compiled
@@ -115,9 +115,9 @@ def settle_time(watch_interval: float) -> float:
 
 def real_environment(config: ProviderConfig) -> Environment:
     """The production environment: the running server, HTTP, the primary."""
-    from policy_host.serve.server import running_pid
+    from policy_host.serve.pidfile import running_pid
     from policy_host.serve.snapshot import SnapshotMemo
-    from policy_host.serve.web import WATCH_INTERVAL
+    from policy_host.serve.workerinfo import WATCH_INTERVAL
 
     dns_client: UpdateClient | None = None
     if config.dns.primary is not None:
@@ -176,19 +176,26 @@ def compile_loaded(
     named tenants of `apply --changed`, those alone
     (``serve.incremental``); what cannot be compiled alone is compiled
     whole, from the files (``result`` holds the named tenants only)."""
+    from policy_host.serve.compiler import compile_snapshot
     from policy_host.serve.incremental import compile_changed
-    from policy_host.serve.server import go_live
 
-    if result.named is None:
-        return go_live(config, loaded=result, memo=memo, proceed=proceed)
-    alone = compile_changed(config, list(result.named), loaded=result, proceed=proceed)
-    return alone or go_live(config, memo=memo, proceed=proceed)
+    if result.named is not None:
+        alone = compile_changed(config, list(result.named), loaded=result, proceed=proceed)
+        if alone is not None:
+            return alone
+        result_or_none = None
+    else:
+        result_or_none = result
+    # As ``serve.server.go_live`` (not imported: it brings gunicorn).
+    return compile_snapshot(
+        config, jobs=default_jobs(), loaded=result_or_none, memo=memo, proceed=proceed
+    )
 
 
 def app_workers(config: ProviderConfig) -> AppWorkers:
     """The workers behind ``serve.bind``, asked over plain HTTP."""
     from policy_host.serve.snapshot import served_id
-    from policy_host.serve.web import SNAPSHOT_PATH
+    from policy_host.serve.workerinfo import SNAPSHOT_PATH
 
     # Not a policy name: the app answers SNAPSHOT_PATH only for others.
     host = "localhost" if config.serve.bind.startswith("unix:") else config.serve.bind
