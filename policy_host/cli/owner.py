@@ -30,7 +30,7 @@ from pathlib import Path
 
 __all__ = ["OWNER_ONLY", "OWNER_OR_ROOT", "refusal", "wrong_user"]
 
-OWNER_ONLY = frozenset({"apply", "reload", "reports", "serve"})
+OWNER_ONLY = frozenset({"apply", "reload", "reports", "serve", "watch"})
 OWNER_OR_ROOT = frozenset({"certs", "nginx-conf"})
 
 

@@ -50,7 +50,6 @@ from policy_host.serve.snapshot import (
     Snapshot,
     new_snapshot_id,
     snapshot_id,
-    steps_since,
 )
 from policy_host.state import fallback_policies
 
@@ -124,10 +123,12 @@ def _compile_changed(
         journal = read_journal(journal_file)
     except PolicyHostError:
         return None
-    steps = steps_since(path, on_disk)
-    head = steps[-1].id if steps else on_disk
-    if journal is not None and journal.head != head:
+    steps = journal.since(on_disk) if journal is not None else []
+    if steps is None or (
+        journal is not None and journal.head != (steps[-1].id if steps else on_disk)
+    ):
         return None  # a step no snapshot has: a full compile sorts it out
+    head = steps[-1].id if steps else on_disk
     result = loaded if loaded is not None else load_named(config, names)
     if result is None:
         return None
