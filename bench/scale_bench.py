@@ -88,10 +88,19 @@ print(time.perf_counter() - started)
 """
 
 
+class Figures(dict[str, float]):
+    """Figures that are printed as they are measured: a run at 1,000,000
+    tenants that is stopped part way still says what it found."""
+
+    def __setitem__(self, key: str, value: float) -> None:
+        say(f"  {key}: {value:.3f}")
+        super().__setitem__(key, value)
+
+
 @dataclass
 class Row:
     tenants: int
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=Figures)
 
 
 def timed(argv: Sequence[str], *, env: dict[str, str] | None = None) -> float:
@@ -193,7 +202,7 @@ def start_watch(config: Path, root: Path) -> subprocess.Popen[bytes]:
     )
     started = time.monotonic()
     while "compiled" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() - started > 900:
+        if proc.poll() is not None or time.monotonic() - started > 3600:
             raise SystemExit(f"policy-host watch did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     say(f"watch: first full compile in {time.monotonic() - started:.1f} s")
@@ -307,15 +316,17 @@ def measure(count: int, args: argparse.Namespace, root: Path) -> Row:
         gunicorn.start()
         try:
             while http_get(last, unix=socket_path) != expected:
-                if time.monotonic() - started > 300:
-                    raise SystemExit("the server did not answer in 300 s")
+                if time.monotonic() - started > max(300.0, count / 2000):
+                    raise SystemExit("the server did not answer in time")
                 gunicorn.check_alive()
                 time.sleep(0.005)
             fig["start to answer s"] = time.monotonic() - started
             watch = MemoryWatch(gunicorn.pid, gunicorn.log_path)
             watch.start()
             # The compile the master runs beside the workers, then the swap.
-            fig["background compile s"] = background_compile(gunicorn.log_path)
+            fig["background compile s"] = background_compile(
+                gunicorn.log_path, timeout=max(600.0, count / 500)
+            )
             time.sleep(2 * WATCH_INTERVAL + count / 100_000)
             fig["worker RSS MiB"] = max(watch.current())
             nginx.start()
@@ -343,7 +354,8 @@ def measure(count: int, args: argparse.Namespace, root: Path) -> Row:
                         if watcher is not None:
                             watcher.terminate()
                             watcher.wait(30)
-                fig.update({name: median(values) for name, values in changes.items()})
+                for name, values in changes.items():
+                    fig[name] = median(values)
                 time.sleep(1.0)
                 if "apply" not in args.skip:
                     apply_argv = [*CLI, "--config", str(config), "apply"]
