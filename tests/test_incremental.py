@@ -135,7 +135,9 @@ def test_dry_run_writes_nothing(config: ProviderConfig) -> None:
     assert served_id(config.snapshot_path) == snapshot_id(config.snapshot_path)
 
 
-@pytest.mark.parametrize("why", ["no snapshot", "dirty", "name not the domain"])
+@pytest.mark.parametrize(
+    "why", ["no snapshot", "dirty", "name not the domain", "gone, name not a domain"]
+)
 def test_what_only_a_full_compile_can_decide_is_left_to_it(
     config: ProviderConfig, why: str
 ) -> None:
@@ -148,6 +150,8 @@ def test_what_only_a_full_compile_can_decide_is_left_to_it(
         text = (config.tenants_dir / name).read_text()
         name = "Example.COM.yaml"
         (config.tenants_dir / name).write_text(text)
+    if why == "gone, name not a domain":
+        name = "Example.NET.yaml"  # no such file: only a full load knows
     assert compile_changed(config, [name]) is None
 
 

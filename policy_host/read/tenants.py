@@ -158,6 +158,9 @@ def load_named(config: ProviderConfig, names: list[str]) -> LoadResult | None:
     for name in names:
         path = config.tenants_dir / name
         if not path.exists():
+            stem = name[: -len(scan.SUFFIX)]
+            if not (stem.isascii() and stem == stem.lower()):
+                return None  # gone: which domain it served only a full load knows
             continue
         domain, tenant, problems, body = load_file(path, config)
         result.problems.extend(problems)

@@ -123,11 +123,11 @@ def _compile_changed(
         journal = read_journal(journal_file)
     except PolicyHostError:
         return None
+    # The steps from the snapshot to the journal's head; None when the
+    # head is a step no snapshot leads to: a full compile sorts that out.
     steps = journal.since(on_disk) if journal is not None else []
-    if steps is None or (
-        journal is not None and journal.head != (steps[-1].id if steps else on_disk)
-    ):
-        return None  # a step no snapshot has: a full compile sorts it out
+    if steps is None:
+        return None
     head = steps[-1].id if steps else on_disk
     result = loaded if loaded is not None else load_named(config, names)
     if result is None:
