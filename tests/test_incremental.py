@@ -4,15 +4,17 @@ full compile's rules, and every reader of what is served sees it."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
 from support.layout import GOLDEN
 
+from policy_host.cli import main as cli
 from policy_host.cli.changed import named_paths
 from policy_host.read.config import ProviderConfig
 from policy_host.serve import files as static
-from policy_host.serve import web
+from policy_host.serve import pidfile, web
 from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.incremental import compile_changed, tenant_names
 from policy_host.serve.journal import JOURNAL_NAME, read_journal
@@ -162,3 +164,25 @@ def test_paths_are_taken_from_arguments_and_stdin(config: ProviderConfig) -> Non
     named = tenant_names(config, [*paths, "/elsewhere/d.example.yaml", str(folder / ".x.yaml")])
     assert named.names == ["a.example.yaml", "b.example.yaml", "c.example.yaml"]
     assert named.outside == ["/elsewhere/d.example.yaml", str(folder / ".x.yaml")]
+
+
+def test_reload_changed_reads_paths_from_stdin_and_reports(
+    config: ProviderConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    compile_snapshot(config)
+    path = edit(config, "example.com.yaml", "604800", "1209600")
+    monkeypatch.setattr(pidfile, "running_pid", lambda config: os.getpid())
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{path}\nREADME.md\n"))
+    argv = ["--config", str(config.path), "reload", "--changed", "-"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "example.com: changed" in err and "changed 1 of 1 named" in err
+    assert b"max_age: 1209600" in (config.www_dir / HOST).read_bytes()
+    # A path outside the tenants folder is a usage error; nothing changes.
+    before = served_id(config.snapshot_path)
+    outside = ["--config", str(config.path), "reload", "--changed", "/tmp/x.example.yaml"]
+    assert cli.main(outside) == 2
+    assert "not a file in the tenants folder" in capsys.readouterr().out
+    assert served_id(config.snapshot_path) == before
