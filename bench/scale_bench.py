@@ -201,7 +201,7 @@ def start_watch(config: Path, root: Path) -> subprocess.Popen[bytes]:
         stderr=log.open("wb"),
     )
     started = time.monotonic()
-    while "compiled" not in log.read_text(errors="replace"):
+    while "watching" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() - started > 3600:
             raise SystemExit(f"policy-host watch did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
