@@ -327,6 +327,8 @@ def measure(count: int, args: argparse.Namespace, root: Path) -> Row:
 
         say("starting policy-host serve with the snapshot of an earlier run")
         gunicorn = gunicorn_daemon(root, config)
+        # A --workdir run's log from before would name a compile long done.
+        gunicorn.log_path.unlink(missing_ok=True)
         gunicorn.ready = None
         started = time.monotonic()
         gunicorn.start()
