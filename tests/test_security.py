@@ -307,6 +307,7 @@ UNPRIVILEGED = {
 # systemd-analyze security --offline exposure, at most (lower is better).
 EXPOSURE = {
     "policy-host.service": 2.0,
+    "policy-host-watch.service": 2.0,
     "policy-host-apply.service": 3.0,
     "policy-host-check.service": 3.0,
     "policy-host-promote.service": 3.0,

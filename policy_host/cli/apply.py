@@ -25,6 +25,7 @@ from policy_host.cli.output import (
     EXIT_WAITING,
     PROGRESS_FROM,
     Progress,
+    print_problems,
 )
 from policy_host.read.config import ProviderConfig
 
@@ -57,6 +58,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="print the plan (policy diffs, old and new ids, DNS UPDATE); change nothing",
     )
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument(
+        "--changed",
+        nargs="+",
+        metavar="FILE",
+        help="only these tenant files ('-': paths on stdin, one a line, as 'git diff "
+        "--name-only' prints them); other tenants and withdrawals under way wait for a run "
+        "without it",
+    )
     p.set_defaults(handler=cmd_apply)
 
     p = subparsers.add_parser(
@@ -84,11 +93,21 @@ def cmd_apply(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.publish.environment import real_environment
     from policy_host.publish.steps import VALIDATE
 
+    changed = None
+    if args.changed:
+        from policy_host.cli.changed import named_paths
+        from policy_host.serve.incremental import problems_of, tenant_names
+
+        named = tenant_names(config, named_paths(args.changed, sys.stdin))
+        if named.outside:
+            print_problems(problems_of(named), sys.stdout)
+            return EXIT_USAGE
+        changed = named.names
     env = real_environment(config)
     progress = Progress(sys.stderr, PROGRESS_FROM if not args.json else 0)
     env.progress = progress.step
     try:
-        report = run(config, env, dry_run=args.dry_run)
+        report = run(config, env, dry_run=args.dry_run, changed=changed)
     finally:
         progress.finish()
     if args.json:

@@ -102,6 +102,12 @@ def cmd_serve(args: argparse.Namespace, config: ProviderConfig) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, config: ProviderConfig) -> int:
+    if args.changed:
+        from policy_host.cli.changed import reload_changed
+
+        status = reload_changed(config, args.changed, dry_run=args.dry_run)
+        if status is not None:
+            return status
     from policy_host.read.tenants import default_jobs, load_tenants
     from policy_host.serve.compiler import served_from_state
     from policy_host.serve.server import go_live, running_pid
@@ -220,7 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         "and also rotates the published ids.",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    p.add_argument(
+        "--changed",
+        nargs="+",
+        metavar="FILE",
+        help="compile only these tenant files ('-': read the paths from stdin, one a line, as "
+        "'git diff --name-only' prints them); files not ending .yaml are skipped. Falls back "
+        "to compiling every file when that is needed",
+    )
     p.set_defaults(handler=cmd_reload)
+
+    from policy_host.cli.changed import register_watch
+
+    register_watch(sub, common)
 
     from policy_host.cli import show as show_cli  # show: a tenant's policy and records
 

@@ -31,7 +31,7 @@ from pathlib import Path
 __all__ = ["OWNER_ONLY", "OWNER_OR_ROOT", "refusal", "wrong_user"]
 
 # `nodes --push` writes the nodes' server blocks under state_dir, as apply does.
-OWNER_ONLY = frozenset({"apply", "nodes", "reload", "reports", "serve"})
+OWNER_ONLY = frozenset({"apply", "nodes", "reload", "reports", "serve", "watch"})
 OWNER_OR_ROOT = frozenset({"certs", "nginx-conf"})
 
 

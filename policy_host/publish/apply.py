@@ -65,13 +65,20 @@ from policy_host.publish.verify import (
 )
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
-from policy_host.read.tenants import LoadResult, default_jobs, load_tenants
+from policy_host.read.tenants import (
+    LoadResult,
+    default_jobs,
+    load_named,
+    load_tenants,
+    named_domains,
+)
 from policy_host.serve.compiler import changed_hosts
 from policy_host.serve.snapshot import merge, served_policies
 from policy_host.state import (
     NEW,
     PUBLISHED,
     SERVED,
+    Record,
     Store,
     fallback_policies,
     hosted_tlsrpt,
@@ -149,24 +156,37 @@ def apply_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
-def run(config: ProviderConfig, env: Environment, *, dry_run: bool = False) -> Report:
+def run(
+    config: ProviderConfig,
+    env: Environment,
+    *,
+    dry_run: bool = False,
+    changed: list[str] | None = None,
+) -> Report:
     """One `apply` run. A step that fails is in ``report.failure`` (with the
-    tenants it stopped for); only a held lock or an unusable state raise."""
+    tenants it stopped for); only a held lock or an unusable state raise.
+    ``changed``: only these tenant files (names in the tenants folder, as
+    a deploy hook names what changed) are validated, planned, served and
+    published; every other tenant, and withdrawals already under way, wait
+    for a run without it."""
     report = Report(dry_run=dry_run)
     try:
         if dry_run:
-            _dry_run(config, env, report)
+            _dry_run(config, env, report, changed)
         else:
             with apply_lock(config.state_dir):
-                _run(config, env, report)
+                _run(config, env, report, changed)
     except ApplyError as exc:
         report.failure = exc
         log.info("%s", exc)  # the caller reports it
     return report
 
 
-def _validated(config: ProviderConfig, report: Report) -> LoadResult:
-    result = load_tenants(config, jobs=default_jobs())
+def _validated(config: ProviderConfig, report: Report, changed: list[str] | None) -> LoadResult:
+    named = load_named(config, changed) if changed is not None else None
+    if changed is not None and named is None:
+        log.warning("the named tenant files cannot be applied alone; applying every tenant")
+    result = named if named is not None else load_tenants(config, jobs=default_jobs())
     report.problems = result.problems
     if result.errors or not result.complete:
         count = len(result.errors)
@@ -217,18 +237,35 @@ def _txt_changes(config: ProviderConfig, batch: Sequence[Change]) -> list[TxtCha
     return [TxtChange(record_name(config, c.domain), c.txt) for c in batch]
 
 
-def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
-    result = _validated(config, report)
+def _records(result: LoadResult, store: Store | Path) -> dict[str, Record]:
+    """The state's records: of the named tenants only after ``load_named``."""
+    if isinstance(store, Path):
+        records = read_records(store)
+        if result.named is None:
+            return records
+        return {d: records[d] for d in named_domains(result) if d in records}
+    if result.named is None:
+        return store.records()
+    return store.records_for(named_domains(result))
+
+
+def _dry_run(
+    config: ProviderConfig, env: Environment, report: Report, changed: list[str] | None
+) -> None:
+    result = _validated(config, report, changed)
     now = env.clock()
     plan = make_plan(
         result,
-        read_records(config.state_db),
+        _records(result, config.state_db),
         now,
         withdrawal_max_age=config.apply.withdrawal_max_age,
     )
     plan = _hold_uncertified(env, plan, report)
     report.plan = plan
-    report.tlsrpt = plan_tlsrpt(config, result.tenants, hosted_tlsrpt(config.state_db))
+    hosted = hosted_tlsrpt(config.state_db)
+    if result.named is not None:
+        hosted = {d: hosted[d] for d in named_domains(result) if d in hosted}
+    report.tlsrpt = plan_tlsrpt(config, result.tenants, hosted)
     _dry_run_tlsrpt(config, env, report)
     if config.nodes.serving:
         report.notes.append(dry_run_note(config))
@@ -239,7 +276,11 @@ def _dry_run(config: ProviderConfig, env: Environment, report: Report) -> None:
     found = served_policies(config.snapshot_path)
     current = found[0] if found is not None else None
     expected, _ = merge(result, current, from_state)
-    report.reload = bool(plan.changes or changed_hosts(current, expected.policies_by_host()))
+    wanted = expected.policies_by_host()
+    if result.named is not None and current is not None:
+        # Only the named tenants are compiled: the others stay as served.
+        current = {h: b for h, b in current.items() if h in wanted}
+    report.reload = bool(plan.changes or changed_hosts(current, wanted))
     if not plan.changes:
         return
     if env.dns is None:
@@ -275,8 +316,10 @@ def _dry_run_tlsrpt(config: ProviderConfig, env: Environment, report: Report) ->
         report.updates.append(update_text(update, env.dns.server, env.dns.key))
 
 
-def _run(config: ProviderConfig, env: Environment, report: Report) -> None:
-    result = _validated(config, report)
+def _run(
+    config: ProviderConfig, env: Environment, report: Report, changed: list[str] | None
+) -> None:
+    result = _validated(config, report, changed)
     _done(env, report, VALIDATE)
     store = Store(config.state_db)
     try:
@@ -292,7 +335,8 @@ def _publish_tlsrpt(
     """Set or delete the hosted TLS-RPT records (``publish.tlsrpt``) by the
     same TSIG-signed UPDATE path as the ids, confirm them at the primary,
     record them."""
-    changes = plan_tlsrpt(config, result.tenants, store.tlsrpt_values())
+    named = named_domains(result) if result.named is not None else None
+    changes = plan_tlsrpt(config, result.tenants, store.tlsrpt_values(named))
     report.tlsrpt = changes
     if not changes:
         return
@@ -335,7 +379,7 @@ def _execute(
     # Only here: the DNS steps need it (their sockets are closed by it).
     with gc_paused():
         plan = make_plan(
-            result, store.records(), now, withdrawal_max_age=config.apply.withdrawal_max_age
+            result, _records(result, store), now, withdrawal_max_age=config.apply.withdrawal_max_age
         )
     plan = _hold_uncertified(env, plan, report)
     report.plan = plan

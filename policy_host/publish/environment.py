@@ -22,7 +22,11 @@ from policy_host.publish.propagation import Authority
 from policy_host.publish.update import KeyFileError, Primary, TsigKey, load_tsig_key
 from policy_host.publish.workers import WorkerState, parse_state
 from policy_host.read.config import ProviderConfig
-from policy_host.read.tenants import LoadResult
+from policy_host.read.tenants import LoadResult, default_jobs
+
+if TYPE_CHECKING:
+    from policy_host.serve.compiler import Compiled
+    from policy_host.serve.snapshot import SnapshotMemo
 
 if TYPE_CHECKING:
     from policy_host.publish.nodes import NodeOps
@@ -123,9 +127,9 @@ def settle_time(watch_interval: float) -> float:
 
 def real_environment(config: ProviderConfig) -> Environment:
     """The production environment: the running server, HTTP, the primary."""
-    from policy_host.serve.server import go_live, running_pid
+    from policy_host.serve.pidfile import running_pid
     from policy_host.serve.snapshot import SnapshotMemo
-    from policy_host.serve.web import WATCH_INTERVAL
+    from policy_host.serve.workerinfo import WATCH_INTERVAL
 
     dns_client: UpdateClient | None = None
     if config.dns.primary is not None:
@@ -151,7 +155,7 @@ def real_environment(config: ProviderConfig) -> Environment:
             running_pid(config)
             return True
 
-        compiled = go_live(config, loaded=result, memo=memo, proceed=proceed)
+        compiled = compile_loaded(config, result, memo=memo, proceed=proceed)
         return compiled.changed_domains() if compiled.written else None
 
     context: list[ssl.SSLContext] = []
@@ -182,10 +186,37 @@ def real_environment(config: ProviderConfig) -> Environment:
     )
 
 
+def compile_loaded(
+    config: ProviderConfig,
+    result: LoadResult,
+    *,
+    memo: SnapshotMemo | None = None,
+    proceed: Callable[[dict[str, bytes | None]], bool] | None = None,
+) -> Compiled:
+    """Serve what `apply` validated: ``go_live`` with it, or, for the
+    named tenants of `apply --changed`, those alone
+    (``serve.incremental``); what cannot be compiled alone is compiled
+    whole, from the files (``result`` holds the named tenants only)."""
+    from policy_host.serve.compiler import compile_snapshot
+    from policy_host.serve.incremental import compile_changed
+
+    if result.named is not None:
+        alone = compile_changed(config, list(result.named), loaded=result, proceed=proceed)
+        if alone is not None:
+            return alone
+        result_or_none = None
+    else:
+        result_or_none = result
+    # As ``serve.server.go_live`` (not imported: it brings gunicorn).
+    return compile_snapshot(
+        config, jobs=default_jobs(), loaded=result_or_none, memo=memo, proceed=proceed
+    )
+
+
 def app_workers(config: ProviderConfig) -> AppWorkers:
     """The workers behind ``serve.bind``, asked over plain HTTP."""
-    from policy_host.serve.snapshot import snapshot_id
-    from policy_host.serve.web import SNAPSHOT_PATH
+    from policy_host.serve.snapshot import served_id
+    from policy_host.serve.workerinfo import SNAPSHOT_PATH
 
     # Not a policy name: the app answers SNAPSHOT_PATH only for others.
     host = "localhost" if config.serve.bind.startswith("unix:") else config.serve.bind
@@ -194,7 +225,7 @@ def app_workers(config: ProviderConfig) -> AppWorkers:
         status, body = fetch_app(config.serve.bind, SNAPSHOT_PATH, host, timeout=FETCH_TIMEOUT)
         return parse_state(body.decode("ascii", "replace")) if status == 200 else None
 
-    return AppWorkers(ask=ask, want=lambda: snapshot_id(config.snapshot_path))
+    return AppWorkers(ask=ask, want=lambda: served_id(config.snapshot_path))
 
 
 def certificate_check(config: ProviderConfig, clock: Clock = time.time) -> Certified:

@@ -105,23 +105,26 @@ class ScanAhead:
     folder: Path
     started_ns: int  # time.time_ns() when it began
     result: Scanned
-    # The snapshot's identity then: if another compile replaces it before
-    # the load, the listing may miss what that compile served (a file made
-    # since) or bring back what it dropped, so it is not used.
+    # The identity then of the folder holding the snapshot and its change
+    # journal: if another compile replaces either before the load (a
+    # change compiled alone writes only the journal), the listing may miss
+    # what that compile served (a file made since) or bring back what it
+    # dropped, so it is not used. (Anything else renamed there only costs
+    # a second look.)
     snapshot: Path
     snapshot_identity: Identity | None
 
     @classmethod
     def start(cls, folder: Path, snapshot: Path) -> ScanAhead:
         """Only called where no other thread runs (it forks)."""
-        snapshot_identity = identity_if_readable(snapshot)
+        snapshot_identity = identity_if_readable(snapshot.parent)
         started = time.time_ns()
         return cls(folder, started, list_beside(folder), snapshot, snapshot_identity)
 
     def usable(self) -> bool:
         """Whether no compile replaced the snapshot since; if one did, the
         child is reaped."""
-        if identity_if_readable(self.snapshot) == self.snapshot_identity:
+        if identity_if_readable(self.snapshot.parent) == self.snapshot_identity:
             return True
         log.info("another compile ran since the tenants folder was looked at; looking again")
         reap(self.result)

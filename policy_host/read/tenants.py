@@ -66,6 +66,9 @@ class LoadResult:
     # With load_tenants(save_cache=True): stores what was read in the parse
     # cache; True when the cache file was written.
     save_cache: Callable[[], bool] = field(default=lambda: False, repr=False, compare=False)
+    # Set by ``load_named``: the file names this load covers; every other
+    # tenant is neither here nor gone (None: the whole folder was read).
+    named: tuple[str, ...] | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -143,6 +146,44 @@ def _load_many(config: ProviderConfig, names: list[str], jobs: int) -> list[Outc
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         parts = pool.map(_load_chunk, [config] * len(chunks), chunks)
         return [outcome for part in parts for outcome in part]
+
+
+def load_named(config: ProviderConfig, names: list[str]) -> LoadResult | None:
+    """Read only the tenant files ``names`` (file names in the tenants
+    folder, as a deploy hook names what changed); names whose file is gone
+    are only listed in ``named``. ``None`` when one file's name is not
+    exactly its domain's: another file may then define the same domain,
+    and only ``load_tenants`` can tell."""
+    result = LoadResult(named=tuple(names))
+    for name in names:
+        path = config.tenants_dir / name
+        if not path.exists():
+            stem = name[: -len(scan.SUFFIX)]
+            if not (stem.isascii() and stem == stem.lower()):
+                return None  # gone: which domain it served only a full load knows
+            continue
+        domain, tenant, problems, body = load_file(path, config)
+        result.problems.extend(problems)
+        result.files += 1
+        if domain is None:
+            continue
+        if domain + scan.SUFFIX != name:
+            return None
+        if tenant is None or body is None:
+            result.broken[domain] = str(path)
+            continue
+        result.tenants[domain] = tenant
+        result.bodies[domain] = body
+        result.sources[domain] = str(path)
+    result.problems.sort(key=lambda p: (p.path, p.line))
+    return result
+
+
+def named_domains(result: LoadResult) -> list[str]:
+    """Every domain a ``load_named`` result speaks for: its files' and
+    those of the named files that are gone."""
+    gone = [n[: -len(scan.SUFFIX)] for n in result.named or () if n.endswith(scan.SUFFIX)]
+    return sorted({*result.tenants, *result.broken, *gone})
 
 
 def default_jobs() -> int:

@@ -96,7 +96,9 @@ def _compile(
     memo: SnapshotMemo,
     proceed: Callable[[ChangedHosts], bool] | None,
 ) -> Compiled:
-    found = served_policies(config.snapshot_path, memo)
+    # After a compile that died half way, only the journal steps up to
+    # what was served before it count (``files.dirty_base``).
+    found = served_policies(config.snapshot_path, memo, static.dirty_base(config.www_dir))
     served, previous_id = found if found is not None else (None, "")
     if loaded is not None:
         result = loaded
@@ -120,7 +122,7 @@ def _compile(
     if proceed is not None and not proceed(changed):
         return Compiled(snapshot, result, kept, changed, written=False)
     try:
-        static.sync(config.www_dir, wanted, served)
+        static.sync(config.www_dir, wanted, served, previous_id)
     except OSError as exc:
         raise PolicyHostError(
             f"{config.www_dir}: cannot write the policy files nginx serves: {exc}"

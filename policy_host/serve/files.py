@@ -65,14 +65,15 @@ def _is_policy_file(name: str) -> bool:
 
 
 def sync(
-    www: Path, wanted: Mapping[str, bytes], previous: Mapping[str, bytes] | None
+    www: Path, wanted: Mapping[str, bytes], previous: Mapping[str, bytes] | None, base: str = ""
 ) -> SyncResult:
     """Make ``www`` hold exactly one file per host in ``wanted``.
 
     ``previous`` is what the previous snapshot served (by host); None, or a
     dirty marker left by an interrupted run, means every file's bytes are
     compared. Call ``done(www)`` once the snapshot that matches ``wanted``
-    is written.
+    is written. ``base``: the id of what was served before (the
+    marker keeps it: ``dirty_base``).
     """
     tmp_dir = www / TMP
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ def sync(
         ]
     if not writes and not removed:
         return result
-    _mark_dirty(marker, tmp_dir)
+    _mark_dirty(marker, tmp_dir, base)
     each = len(writes) <= FSYNC_EACH_UP_TO
     for host in writes:
         replace_file(
@@ -117,6 +118,58 @@ def sync(
         " (compared every file)" if result.full else "",
     )
     return result
+
+
+def put(www: Path, changed: Mapping[str, bytes | None], base: str) -> SyncResult:
+    """Write (or, for None, remove) just these hosts' files: a change
+    compiled alone (``incremental``), which neither lists ``www`` nor
+    compares the other files. The dirty marker is made first, as in
+    ``sync`` (``base``: the id served before); call ``done(www)`` once the
+    journal step is written."""
+    tmp_dir = www / TMP
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    result = SyncResult()
+    if not changed:
+        return result
+    _mark_dirty(tmp_dir / DIRTY, tmp_dir, base)
+    for host, body in changed.items():
+        if body is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(www / host)
+                result.removed += 1
+        else:
+            replace_file(
+                www / host, body, tmp_dir=tmp_dir, mode=FILE_MODE, fsync=True, fsync_folder=False
+            )
+            result.written += 1
+    fsync_dir(www)
+    return result
+
+
+def read_policy(www: Path, host: str) -> bytes | None:
+    """The bytes nginx serves for ``host`` (None: no file)."""
+    try:
+        with open(www / host, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def is_dirty(www: Path) -> bool:
+    """Whether a compile died between its first file and its snapshot."""
+    return (www / TMP / DIRTY).exists()
+
+
+def dirty_base(www: Path) -> str | None:
+    """``None`` when no compile died half way; else the id of what was
+    served before the first that did (``""``: not known). Journal steps
+    after it may be a dead compile's, which no snapshot has."""
+    try:
+        return (www / TMP / DIRTY).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError):
+        return ""
 
 
 @contextlib.contextmanager
@@ -149,11 +202,12 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _mark_dirty(marker: Path, tmp_dir: Path) -> None:
-    if marker.exists():
+def _mark_dirty(marker: Path, tmp_dir: Path, base: str) -> None:
+    if marker.exists():  # an earlier run's: its base is the one known good
         return
     fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
+        os.write(fd, base.encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from policy_host.errors import PolicyHostError
@@ -30,6 +30,12 @@ JOURNAL_NAME = "served.changes.json"
 # the workers then read the whole snapshot. (A body is about 300 bytes.)
 JOURNAL_STEPS = 16
 JOURNAL_MAX_CHANGES = 5_000
+# A change compiled alone (``serve.incremental``) leaves the snapshot as it
+# is: its step, and every step since the snapshot on disk, stay in the
+# journal (up to this many, and ``JOURNAL_MAX_CHANGES``), and the next full
+# compile writes the snapshot again. Every worker reads the journal when it
+# changes, so its size is kept to a few hundred kilobytes.
+JOURNAL_PINNED_STEPS = 1_000
 
 
 def journal_path(snapshot_path: Path) -> Path:
@@ -44,6 +50,9 @@ class Step:
     id: str
     put: dict[str, bytes]  # host -> body, new or changed
     drop: tuple[str, ...]  # hosts no longer served
+    # host -> the file (or state) a put body comes from, for people
+    # (`show`); a step may leave it out.
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -89,8 +98,16 @@ def write_journal(
     snapshot_id: str,
     put: dict[str, bytes] | None,
     drop: Sequence[str],
+    *,
+    pinned: str | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> Journal:
     """Add the step ``parent`` -> ``snapshot_id`` to the journal at ``path``.
+
+    ``pinned``: the id of the snapshot on disk when it is not written
+    again (a change compiled alone): the steps from it are kept, up to
+    ``JOURNAL_PINNED_STEPS`` (``pinned_room`` says beforehand whether they
+    fit; ``JournalFull`` if not).
 
     Earlier steps are kept only when they lead to ``parent`` (a compile
     that died after writing the journal left a step no snapshot has), up to
@@ -110,9 +127,14 @@ def write_journal(
             # it is the head); none when no step made it.
             ids = [step.id for step in old.steps]
             steps = list(old.steps[: ids.index(parent) + 1]) if parent in ids else []
-        steps.append(Step(parent, snapshot_id, put, tuple(drop)))
-        while len(steps) > JOURNAL_STEPS or sum(s.size for s in steps) > JOURNAL_MAX_CHANGES:
-            steps.pop(0)
+        steps.append(Step(parent, snapshot_id, put, tuple(drop), dict(sources or {})))
+        if pinned is not None:
+            steps = _from_pinned(steps, pinned)
+        else:
+            while len(steps) > JOURNAL_STEPS or sum(s.size for s in steps) > JOURNAL_MAX_CHANGES:
+                steps.pop(0)
+    elif pinned is not None:
+        raise JournalFull(f"{path}: a change compiled alone needs the steps since {pinned}")
     journal = Journal(snapshot_id, tuple(steps))
     payload = {
         "format": FORMAT,
@@ -123,6 +145,7 @@ def write_journal(
                 "id": step.id,
                 "put": {host: body.decode("ascii") for host, body in step.put.items()},
                 "drop": list(step.drop),
+                **({"sources": step.sources} if step.sources else {}),
             }
             for step in journal.steps
         ],
@@ -130,6 +153,34 @@ def write_journal(
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     replace_file(path, text.encode("ascii") + b"\n")
     return journal
+
+
+class JournalFull(PolicyHostError):
+    """The steps since the snapshot on disk would not fit: write it again."""
+
+
+def _from_pinned(steps: list[Step], pinned: str) -> list[Step]:
+    parents = [step.parent for step in steps]
+    if pinned not in parents:
+        raise JournalFull(f"no step leads from the snapshot {pinned}")
+    kept = steps[parents.index(pinned) :]
+    if len(kept) > JOURNAL_PINNED_STEPS or sum(s.size for s in kept) > JOURNAL_MAX_CHANGES:
+        raise JournalFull(f"more than {JOURNAL_PINNED_STEPS} steps since the snapshot")
+    return kept
+
+
+def pinned_room(journal: Journal | None, pinned: str, size: int) -> bool:
+    """Whether one more step of ``size`` changes fits after the steps from
+    the snapshot ``pinned`` to the journal's head."""
+    if journal is None:
+        return size <= JOURNAL_MAX_CHANGES
+    steps = journal.since(pinned)
+    if steps is None:
+        return False
+    return (
+        len(steps) < JOURNAL_PINNED_STEPS
+        and sum(s.size for s in steps) + size <= JOURNAL_MAX_CHANGES
+    )
 
 
 def read_journal(path: Path) -> Journal | None:
@@ -150,6 +201,7 @@ def read_journal(path: Path) -> Journal | None:
                 _text(item["id"]),
                 {_text(host): _text(body).encode("ascii") for host, body in item["put"].items()},
                 tuple(_text(host) for host in item["drop"]),
+                {_text(h): _text(w) for h, w in item.get("sources", {}).items()},
             )
             for item in raw["steps"]
         )

@@ -21,10 +21,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from policy_host.errors import PolicyHostError, ServerError
+from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig, load_config
 from policy_host.read.tenants import LoadResult, default_jobs
 from policy_host.serve.compiler import ChangedHosts, Compiled, compile_snapshot
+from policy_host.serve.pidfile import running_pid as running_pid
 from policy_host.serve.snapshot import SnapshotMemo
 from policy_host.serve.web import WATCH_INTERVAL, create_app
 
@@ -154,29 +155,6 @@ def compile_in_background(
         log.exception("background compile failed")
     finally:
         os._exit(0)
-
-
-def running_pid(config: ProviderConfig) -> int:
-    """The gunicorn master's pid from its pidfile, checked to be alive."""
-    try:
-        pid = int(config.pidfile.read_text().strip())
-    except FileNotFoundError:
-        raise ServerError(f"{config.pidfile}: no pidfile; is the server running?") from None
-    except (OSError, ValueError) as exc:
-        raise ServerError(f"{config.pidfile}: cannot read the pid: {exc}") from None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        raise ServerError(f"{config.pidfile}: process {pid} is not running") from None
-    except OSError:
-        cmdline = b""  # no /proc: trust the pidfile
-    # A stale pidfile whose pid now belongs to another program must not get
-    # our signal.
-    if cmdline and b"policy-host" not in cmdline and b"gunicorn" not in cmdline:
-        raise ServerError(
-            f"{config.pidfile}: process {pid} is not a policy-host server (stale pidfile)"
-        )
-    return pid
 
 
 def go_live(

@@ -31,12 +31,15 @@ from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import LoadMemo, LoadResult
 from policy_host.render import fingerprint, render
+from policy_host.serve.journal import Step, journal_path, read_journal
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 # The source shown for a policy served from the apply state (no tenant file).
 STATE_SOURCE = "apply state (tenant file removed)"
+# The source shown for a policy from a journal step that does not name one.
+CHANGED_SOURCE = "tenant file (changed since the snapshot was written)"
 # Served policies are looked up by Host: this, then the tenant's domain.
 
 
@@ -134,7 +137,7 @@ def read_snapshot(path: Path, memo: SnapshotMemo | None = None) -> Snapshot | No
     if ident is None:
         return None
     if memo is not None and memo.snapshot is not None and memo.snapshot[:2] == (path, ident):
-        return memo.snapshot[2]
+        return _snapshot_with_steps(path, memo.snapshot[2])
     raw = _load(path)
     if raw is None:
         return None
@@ -149,7 +152,68 @@ def read_snapshot(path: Path, memo: SnapshotMemo | None = None) -> Snapshot | No
     snapshot = Snapshot(entries, _check_header(path, raw))
     if memo is not None:
         memo.snapshot = (path, ident, snapshot)
-    return snapshot
+    return _snapshot_with_steps(path, snapshot)
+
+
+def steps_since(path: Path, snapshot_id: str, until: str | None = None) -> list[Step]:
+    """The journal's steps from the snapshot ``snapshot_id`` at ``path`` to
+    the newest compile: a change compiled alone (``incremental``) writes
+    only its step. ``[]`` when the journal does not lead on from it (it can
+    only be read, or is not there: the snapshot is then the newest).
+    ``until``: no step after the one that made it (``files.dirty_base``:
+    later ones may be a dead compile's); none at all when it is not there."""
+    try:
+        journal = read_journal(journal_path(path))
+    except PolicyHostError as exc:
+        log.warning("%s; taking the snapshot as what is served", exc)
+        return []
+    steps = journal.since(snapshot_id) if journal is not None else None
+    if not steps or until is None:
+        return steps or []
+    made = [step.id for step in steps]
+    return steps[: made.index(until) + 1] if until in made else []
+
+
+def _snapshot_with_steps(path: Path, snapshot: Snapshot) -> Snapshot:
+    steps = steps_since(path, snapshot.id)
+    if not steps:
+        return snapshot
+    entries = dict(snapshot.entries)
+    skip = len(POLICY_HOST_PREFIX)
+    for step in steps:
+        for host, body in step.put.items():
+            entries[host[skip:]] = Entry(body, step.sources.get(host, CHANGED_SOURCE))
+        for host in step.drop:
+            entries.pop(host[skip:], None)
+    return Snapshot(dict(sorted(entries.items())), steps[-1].id)
+
+
+def with_steps(
+    path: Path, policies: Mapping[str, bytes], snapshot_id: str, until: str | None = None
+) -> tuple[Mapping[str, bytes], str]:
+    """``policies`` (the snapshot ``snapshot_id`` at ``path``) with the
+    journal's steps since it applied (up to ``until``: ``steps_since``):
+    what the workers serve."""
+    steps = steps_since(path, snapshot_id, until)
+    if not steps:
+        return policies, snapshot_id
+    served = dict(policies)
+    for step in steps:
+        served.update(step.put)
+        for host in step.drop:
+            served.pop(host, None)
+    return served, steps[-1].id
+
+
+def served_id(path: Path) -> str | None:
+    """The id of what the workers serve: the journal's head when it leads
+    on from the snapshot at ``path``, else the snapshot's id (``None``: no
+    snapshot yet)."""
+    on_disk = snapshot_id(path)
+    if on_disk is None:
+        return None
+    steps = steps_since(path, on_disk)
+    return steps[-1].id if steps else on_disk
 
 
 # The header line of a snapshot: the keys before the tenants, then one
@@ -159,22 +223,26 @@ _FOOTER = "}}\n"
 
 
 def served_policies(
-    path: Path, memo: SnapshotMemo | None = None
+    path: Path, memo: SnapshotMemo | None = None, until: str | None = None
 ) -> tuple[Mapping[str, bytes], str] | None:
-    """``read_served``, kept in ``memo`` for the next call while the file
-    is the same. For the control plane: the mapping must not be changed.
-    (The web workers call ``read_served``: keeping a second table would
-    double their memory.)"""
+    """What the workers serve: ``read_served`` with the journal's steps
+    since the snapshot applied (``with_steps``, ``until``); the file's part is kept in
+    ``memo`` for the next call while the file is the same. For the control
+    plane: the mapping must not be changed. (The web workers call
+    ``read_served`` and follow the journal themselves: keeping a second
+    table would double their memory.)"""
     if memo is None:
-        return read_served(path)
+        found = read_served(path)
+        return with_steps(path, *found, until) if found is not None else None
     ident = file_identity(path)
     if ident is None:
         return None
     if memo.served is not None and memo.served[:2] == (path, ident):
-        return memo.served[2], memo.served[3]
+        return with_steps(path, memo.served[2], memo.served[3], until)
     found = read_served(path)
     if found is not None:
         memo.served = (path, ident, *found)
+        return with_steps(path, *found, until)
     return found
 
 

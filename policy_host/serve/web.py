@@ -22,6 +22,8 @@ from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig, config_path, load_config
 from policy_host.serve.journal import Journal, journal_path, read_journal
 from policy_host.serve.snapshot import read_served, snapshot_id
+from policy_host.serve.workerinfo import SNAPSHOT_PATH as SNAPSHOT_PATH
+from policy_host.serve.workerinfo import WATCH_INTERVAL as WATCH_INTERVAL
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -29,16 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
-# Which snapshot the answering worker holds, for `apply` on the app's own
-# (private) listener: one request reaches one worker, so `apply` asks until
-# it has heard from every worker (``publish.workers``). Never for a policy
-# name, nor through nginx (which answers 404 for it, nginx/*.conf).
-SNAPSHOT_PATH = "/_policy-host/snapshot"
-# How often each worker looks at the snapshot and its change journal (two
-# stat calls; seconds). Every way of running the app uses this one value,
-# and `apply` waits for it before it publishes an id (RFC 8461 section 8:
-# every worker must serve the new policy first).
-WATCH_INTERVAL = 0.1
 # A DNS name is at most 253 characters; with a port and a final dot the
 # longest Host we could serve is shorter than this.
 MAX_HOST_LENGTH = 270

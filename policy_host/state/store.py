@@ -87,12 +87,27 @@ class Store:
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
 
-    def tlsrpt_values(self) -> dict[str, bytes]:
-        """Domain -> the hosted TLS-RPT value published for it."""
+    def records_for(self, domains: Iterable[str]) -> dict[str, Record]:
+        """``records()`` of these domains only (`apply --changed`)."""
         try:
-            rows = self._conn.execute(
-                "SELECT domain, tlsrpt FROM tenant WHERE tlsrpt IS NOT NULL"
-            ).fetchall()
+            found = (record_of(self._conn, domain) for domain in sorted(set(domains)))
+            return {record.domain: record for record in found if record is not None}
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
+
+    def tlsrpt_values(self, domains: Iterable[str] | None = None) -> dict[str, bytes]:
+        """Domain -> the hosted TLS-RPT value published for it (of
+        ``domains`` only, when given)."""
+        query = "SELECT domain, tlsrpt FROM tenant WHERE tlsrpt IS NOT NULL"
+        try:
+            if domains is None:
+                rows = self._conn.execute(query).fetchall()
+            else:
+                rows = [
+                    row
+                    for domain in sorted(set(domains))
+                    for row in self._conn.execute(query + " AND domain = ?", (domain,))
+                ]
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot read the apply state: {exc}") from exc
         return {str(domain): bytes(value) for domain, value in rows}
