@@ -167,4 +167,4 @@ def _apply(config: ProviderConfig) -> int:
 
     print("policy-host promote: running apply for the promoted tenants", file=sys.stderr)
     with contextlib.redirect_stdout(sys.stderr):
-        return cmd_apply(argparse.Namespace(dry_run=False, json=False), config)
+        return cmd_apply(argparse.Namespace(dry_run=False, json=False, changed=None), config)
