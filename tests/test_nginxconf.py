@@ -13,7 +13,8 @@ from support.tls import make_ca
 
 from policy_host.certs.nginxconf import NginxError, cert_files, render_conf, sync
 from policy_host.errors import ConfigError
-from policy_host.read.config import DEFAULT_ACME_DIRECTORY, ProviderConfig, load_config
+from policy_host.read.acme import DEFAULT_ACME_DIRECTORY
+from policy_host.read.config import ProviderConfig, load_config
 from policy_host.runner import run
 
 

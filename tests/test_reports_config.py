@@ -8,7 +8,8 @@ import pytest
 from conftest import CONFIG_TEXT
 
 from policy_host.errors import ConfigError
-from policy_host.read.config import DEFAULT_MAX_REPORT_BYTES, TlsrptSettings, load_config
+from policy_host.read.config import load_config
+from policy_host.read.tlsrpt import DEFAULT_MAX_REPORT_BYTES, TlsrptSettings
 
 
 def _load(tmp_path: Path, extra: str) -> TlsrptSettings:

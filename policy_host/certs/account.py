@@ -14,7 +14,7 @@ import logging
 import urllib.parse
 from pathlib import Path
 
-from policy_host.read.config import AcmeSettings
+from policy_host.read.acme import AcmeSettings
 
 log = logging.getLogger(__name__)
 

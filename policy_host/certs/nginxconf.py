@@ -28,7 +28,8 @@ from typing import TextIO
 from policy_host.errors import PolicyHostError
 from policy_host.fileio import locked, replace_file
 from policy_host.model import POLICY_HOST_PREFIX
-from policy_host.read.config import AcmeSettings, ProviderConfig
+from policy_host.read.acme import AcmeSettings
+from policy_host.read.config import ProviderConfig
 from policy_host.read.tenants import load_tenants
 from policy_host.runner import Runner, run
 from policy_host.serve.snapshot import read_snapshot

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from policy_host.cli.guard import format_guard, guard_step
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Progress
 from policy_host.model import InvalidValue, hostname
-from policy_host.read.config import ProviderConfig, parse_server
+from policy_host.read.config import ProviderConfig
+from policy_host.read.values import parse_server
 
 if TYPE_CHECKING:
     from policy_host.check.authoritative import Survey

@@ -32,8 +32,8 @@ from policy_host.read.config import (
     ProviderConfig,
     config_path,
     load_config,
-    parse_bind,
 )
+from policy_host.read.values import parse_bind
 
 log = logging.getLogger("policy_host")
 

@@ -7,7 +7,8 @@ import sys
 
 from policy_host.cli.output import EXIT_OK, EXIT_USAGE
 from policy_host.model import InvalidValue
-from policy_host.read.config import ProviderConfig, parse_server
+from policy_host.read.config import ProviderConfig
+from policy_host.read.values import parse_server
 
 DEFAULT_STATUS_BIND = "127.0.0.1:8090"
 

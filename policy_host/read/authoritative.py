@@ -45,7 +45,7 @@ class AuthoritativeSettings:
 def read_settings(fields: Fields | None) -> AuthoritativeSettings | None:
     """The section's settings (defaults for the keys not given); None when
     the section is not a mapping (the error is in ``fields.problems``)."""
-    from policy_host.read.config import parse_server
+    from policy_host.read.values import parse_server
 
     if fields is None:
         return None

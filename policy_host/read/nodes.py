@@ -123,7 +123,7 @@ def read_nodes(fields: Fields | None, base: Path) -> NodeSettings | None:
 
 
 def _node(one: Fields, line: int) -> Node | None:
-    from policy_host.read.config import parse_bind, parse_server
+    from policy_host.read.values import parse_bind, parse_server
 
     name = one.text("name", required=True, missing_line=line)
     address_text = one.text("address", required=True, missing_line=line)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from policy_host.read.config import TlsrptSettings
+from policy_host.read.tlsrpt import TlsrptSettings
 from policy_host.reports import workers
 from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from policy_host.read.config import TlsrptSettings
+from policy_host.read.tlsrpt import TlsrptSettings
 from policy_host.reports import mail as mailreader
 from policy_host.reports.decode import BadPayload, TooLarge, report_json
 from policy_host.reports.dkimcheck import TxtLookup, verify
