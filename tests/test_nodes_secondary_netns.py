@@ -258,6 +258,10 @@ def test_a_change_is_pushed_served_by_both_nodes_then_published_and_confirmed_at
         f"ns2.{PROVIDER_ZONE}",
     ]
     assert all(p["confirmed"] and p["delay_seconds"] >= 0 for p in confirmed), confirmed
+    # Transferred as a change (IXFR, RFC 1995), not as the whole zone.
+    assert world.secondary is not None
+    last = world.secondary.transfers()[-1]
+    assert "IXFR, incoming" in last and "finished" in last and "AXFR" not in last, last
     assert ended - began < 30
     assert read_records(config.state_db)[ALPHA.domain].pending is None
 

@@ -77,7 +77,12 @@ class NsPrimary(NotifyingKnot):
         listen = f"    listen: {self.address}@{self.port}\n"
         assert listen in text, text
         both = f"    listen: [ {self.address}@{self.port}, {NS_ADDRESSES['ns1']}@{DNS_PORT} ]\n"
-        self.conf_path.write_text(text.replace(listen, both))
+        # A journal of the changes, so that the secondary gets each one by a
+        # real IXFR (RFC 1995), not the whole zone again.
+        journal = "    journal-content: none\n"
+        assert journal in text, text
+        text = text.replace(listen, both).replace(journal, "    journal-content: changes\n")
+        self.conf_path.write_text(text)
 
 
 class NsSecondary(KnotSecondary):
@@ -90,6 +95,13 @@ class NsSecondary(KnotSecondary):
 
     def query(self, qname: str, rdtype: str = "A") -> dns.message.Message:
         return query(self.port, qname, rdtype, address=self.address, recursion=False)
+
+    def transfers(self) -> list[str]:
+        """The secondary's log lines about incoming zone transfers."""
+        if self._daemon is None:
+            return []
+        lines = self._daemon.log_path.read_text(errors="replace").splitlines()
+        return [line for line in lines if "XFR, incoming" in line]
 
 
 class NodesWithSecondary(NodesInternet):
