@@ -13,10 +13,13 @@ then ``--runs`` times changes one tenant's policy and runs
 ``policy-host --debug apply`` as an operator would, timing it from the
 command's start:
 
-- ``control``: start to the control node serving and verifying the new
-  policy (interpreter start, validation, compile, local verification);
-- ``push``: rsync over SSH to both nodes at once, activation and nginx
-  reload on each;
+- ``start-up``: start to the tenant files validated (the interpreter,
+  imports, the config);
+- ``serve``: the control node serving the new policy and verifying it
+  (compile, reload, local fetches, the workers' settle time);
+- ``rsync``: rsync over SSH to both nodes at once (one SSH connection each);
+- ``activate``: ``activate`` on each node (a second SSH connection: the
+  hard-linked release, the switch of ``current``, ``nginx -t`` and reload);
 - ``node fetch``: `apply` fetching the policy from each node over HTTPS
   with SNI, and each node's app saying which snapshot it holds;
 - ``update``: the TSIG-signed DNS UPDATE to the primary;
@@ -57,8 +60,19 @@ ALPHA = Customer("alpha.example", mx=("mx1.alpha.example",), mx_hosts=("mx1.alph
 BETA = Customer(
     "beta.example", mode="testing", mx=("*.beta.example",), mx_hosts=("mx.beta.example",)
 )
-STAGES = ("control", "push", "node fetch", "update", "propagation", "to secondary", "command")
+STAGES = (
+    "start-up",
+    "serve",
+    "rsync",
+    "activate",
+    "node fetch",
+    "update",
+    "propagation",
+    "to secondary",
+    "command",
+)
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
+SENT = re.compile(r"^node \S+ \(.*\): Number of regular files transferred: ")
 PUSHED = re.compile(r"^node \S+ \(.*\): now serves release ")
 SECONDARY = re.compile(r"^ns2\.\S+ \(.*\) has the change ")
 
@@ -93,14 +107,18 @@ def stages(start: float, end: float, stderr: str) -> dict[str, float]:
             raise BenchError(f"no log line {pattern!r} in the run's output:\n{stderr[-3000:]}")
         return hits[-1]
 
+    validated = last("apply: step validate done")
     verified = last("apply: step verify done")
+    sent = last(SENT)
     pushed = last(PUSHED)
     nodes = last("apply: step nodes done")
     published = last("apply: step publish done")
     secondary = last(SECONDARY)
     return {
-        "control": verified - start,
-        "push": pushed - verified,
+        "start-up": validated - start,
+        "serve": verified - validated,
+        "rsync": sent - verified,
+        "activate": pushed - sent,
         "node fetch": nodes - pushed,
         "update": published - nodes,
         "propagation": secondary - published,
