@@ -31,14 +31,20 @@ from .nodes import RECEIVER, NodesInternet, ServingNode
 from .secondary import KnotSecondary, NotifyingKnot
 from .stack import PROVIDER_ZONE, Customer
 
-__all__ = ["NS_ADDRESSES", "NodesWithSecondary", "arm_node_failure"]
+__all__ = [
+    "AUTHORITATIVE_WAIT",
+    "NS_ADDRESSES",
+    "VERIFY_TIMEOUT",
+    "NodesWithSecondary",
+    "arm_node_failure",
+]
 
 DNS_PORT = 53
 # ns1: the primary (besides its own port on 127.0.0.1); ns2: the secondary.
 NS_ADDRESSES = {"ns1": "127.0.0.2", "ns2": "127.0.0.3"}
 # Seconds `apply` waits for the secondary (authoritative.wait) and for the
 # nodes (apply.verify_timeout): short, so that a failure costs little.
-AUTHORITATIVE_WAIT = 10
+AUTHORITATIVE_WAIT = 5
 VERIFY_TIMEOUT = 5
 
 
