@@ -230,6 +230,13 @@ class ServingNode(Managed):
                 ready=lambda: port_open(self.address, 22),
             )
             self.sshd.start()
+        self.start_nginx()
+
+    def start_nginx(self) -> None:
+        """nginx alone (after it went down while sshd stayed up)."""
+        if self.nginx is not None:
+            self.nginx.stop()
+        with self.netns.entered():
             self.nginx = Daemon(
                 self._nginx_argv(),
                 name="nginx",

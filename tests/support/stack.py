@@ -162,6 +162,10 @@ class MiniInternet(Managed):
         )
         return [provider, *(c.zone() for c in self.customers)]
 
+    def primary_server(self) -> KnotServer:
+        """The knotd the provider config's ``dns.primary`` names (not started)."""
+        return KnotServer(self.zones(), self.key)
+
     def write_tenant(self, customer: Customer) -> None:
         (self.tenants_dir / f"{customer.domain}.yaml").write_text(customer.tenant_yaml())
 
@@ -216,7 +220,7 @@ nginx:
         self.resolv_conf.write_text("nameserver 127.0.0.1\noptions timeout:2 attempts:1\n")
         self._stack.enter_context(self.netns)
         self._stack.enter_context(self.netns.entered())
-        self.knot = self._stack.enter_context(KnotServer(self.zones(), self.key))
+        self.knot = self._stack.enter_context(self.primary_server())
         self.unbound = self._stack.enter_context(UnboundResolver(self.knot, port=53))
         self.pebble = self._stack.enter_context(
             Pebble(dns_server=f"{LOOPBACK}:53", workdir=self.root / "pebble")
