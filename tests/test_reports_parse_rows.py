@@ -372,4 +372,3 @@ def test_made_up_reports_reach_rows_and_refusals() -> None:
 
     run()
     assert seen == {True, False}
-
