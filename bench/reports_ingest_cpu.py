@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import resource
 import sys
@@ -25,6 +26,11 @@ from policy_host.read.config import load_config
 from policy_host.reports import batch
 from policy_host.reports.sources import make_ingester, message_cap
 from policy_host.reports.store import Store
+
+
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def main() -> int:
@@ -42,8 +48,12 @@ def main() -> int:
         write_day(root / "day", args.tenants, args.reports, int(time.time()) // DAY * DAY - DAY)
         job = batch.Job(config.tlsrpt, config.dns.resolver, config.dns.timeout, message_cap(config))
         profile = cProfile.Profile(time.thread_time)
+        # A forked worker would go on profiling (and take several times
+        # the CPU); only the parent is profiled.
+        os.register_at_fork(after_in_child=profile.disable)
         with Store(config.reports_db) as store:
             ingester = make_ingester(config, store)
+            before = children_cpu()
             began, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
             if args.profile:
                 profile.enable()
@@ -51,8 +61,7 @@ def main() -> int:
             profile.disable()
             wall, cpu = time.perf_counter() - began, time.process_time() - cpu
             main_cpu = time.thread_time() - main_cpu
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    workers = children.ru_utime + children.ru_stime
+            workers = children_cpu() - before
     n = args.reports
     print(f"{dict(counts)}: {wall:.2f} s; CPU per report: parent {cpu / n * 1e6:.0f} us "
           f"(its main thread {main_cpu / n * 1e6:.0f} us), "

@@ -59,7 +59,7 @@ def test_every_corpus_input_survives_the_trip(job: batch.Job, tmp_path: Path) ->
     [
         (Envelope, "channel origin verified auth domain submitter"),
         (Received, "envelope body received size sha256"),
-        (Prepared, "item report outcome reason"),
+        (Prepared, "item rows outcome reason"),
         (Report, "organization report_id contact start end policies quirks"),
         (PolicyResult, "policy_type domain policy_string mx_host success failure details"),
         (

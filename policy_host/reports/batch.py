@@ -27,7 +27,7 @@ from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
 from policy_host.reports.model import MAIL, Envelope
-from policy_host.reports.rows import ReportRows, report_rows, to_report
+from policy_host.reports.rows import ReportRows
 from policy_host.reports.sources import file_input, is_maildir
 from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
 
@@ -176,9 +176,8 @@ def prepare_packed(job: Job, source: Source | Done) -> Packed:
         return (done.name, done.reason, new, None)
     e = p.item.envelope
     envelope = (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter)
-    rows = None if p.report is None else report_rows(p.report)
     item = (envelope, p.item.body, p.item.received, p.item.size, p.item.sha256)
-    return (done.name, done.reason, new, (item, rows, p.outcome, p.reason))
+    return (done.name, done.reason, new, (item, p.rows, p.outcome, p.reason))
 
 
 class Ready(NamedTuple):
@@ -199,8 +198,7 @@ def ready(done: Done) -> Ready:
     p = done.prepared
     if p is None:
         return Ready(done.name, done.reason, done.maildir_new, None)
-    rows = None if p.report is None else report_rows(p.report)
-    return Ready(done.name, done.reason, done.maildir_new, p.item, rows, p.outcome, p.reason)
+    return Ready(done.name, done.reason, done.maildir_new, p.item, p.rows, p.outcome, p.reason)
 
 
 def unpack_ready(packed: Packed) -> Ready:
@@ -215,12 +213,11 @@ def unpack_ready(packed: Packed) -> Ready:
 
 
 def unpack(packed: Packed) -> Done:
-    """The ``Done`` a worker packed, whole (its report rebuilt from the rows)."""
+    """The ``Done`` a worker packed, whole."""
     r = unpack_ready(packed)
     if r.item is None:
         return Done(r.name, None, r.reason, r.maildir_new)
-    report = None if r.rows is None else to_report(r.rows)
-    return Done(r.name, Prepared(r.item, report, r.outcome, r.why), r.reason, r.maildir_new)
+    return Done(r.name, Prepared(r.item, r.rows, r.outcome, r.why), r.reason, r.maildir_new)
 
 
 def mark_seen(message: Path) -> None:

@@ -20,9 +20,9 @@ from policy_host.reports import mail as mailreader
 from policy_host.reports.decode import BadPayload, TooLarge, report_json
 from policy_host.reports.dkimcheck import TxtLookup, verify
 from policy_host.reports.model import MAIL, Envelope, Report
-from policy_host.reports.parse import Refused, parse_report
+from policy_host.reports.parse import Refused, parse_rows
 from policy_host.reports.policies import ServedHistory
-from policy_host.reports.rows import ReportRows, cut, report_rows
+from policy_host.reports.rows import ReportRows, cut, to_report
 from policy_host.reports.store import (
     FOREIGN,
     NOT_REPORT,
@@ -51,9 +51,13 @@ class Prepared:
     store, so worker processes can make them while one process stores."""
 
     item: Received
-    report: Report | None = None
+    rows: ReportRows | None = None
     outcome: str = ""
     reason: str = ""
+
+    @property
+    def report(self) -> Report | None:
+        return None if self.rows is None else to_report(self.rows)
 
 
 def prepare_body(item: Received, settings: TlsrptSettings, *, labelled_gzip: bool) -> Prepared:
@@ -63,10 +67,10 @@ def prepare_body(item: Received, settings: TlsrptSettings, *, labelled_gzip: boo
         data, quirks = report_json(body, settings.max_report_bytes)
         if labelled_gzip and not body.startswith(b"\x1f\x8b"):
             quirks = (*quirks, "gzip-label-plain-json")
-        report = parse_report(data, item.envelope, quirks)
+        rows = parse_rows(data, item.envelope, quirks)
     except (TooLarge, BadPayload, Refused) as exc:
         return Prepared(item, outcome=REFUSED, reason=str(exc))
-    return Prepared(item, report)
+    return Prepared(item, rows)
 
 
 def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup) -> Prepared:
@@ -93,20 +97,18 @@ def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup)
         payload, quirks = report_json(found.payload, settings.max_report_bytes)
         if found.labelled_gzip and not found.payload.startswith(b"\x1f\x8b"):
             quirks = (*quirks, "gzip-label-plain-json")
-        report = parse_report(payload, envelope, (*quirks, *found.quirks))
+        rows = parse_rows(payload, envelope, (*quirks, *found.quirks))
     except (TooLarge, BadPayload, Refused) as exc:
         return Prepared(item, outcome=REFUSED, reason=str(exc))
-    if found.domain and found.domain.lower().rstrip(".") not in {p.domain for p in report.policies}:
+    if found.domain and found.domain.lower().rstrip(".") not in {p.domain for p in rows.policies}:
         # RFC 8460 section 5.3: the header should name the policy domain;
-        # the body wins, the difference is noted.
-        report = dataclasses.replace(
-            report, quirks=tuple(sorted({*report.quirks, "header-domain-differs"}))
-        )
+        # the body wins, the difference is noted (the digest leaves quirks out).
+        rows = rows._replace(quirks=tuple(sorted({*rows.quirks, "header-domain-differs"})))
     if not verdict.verified and settings.unverified_mail == "require":
         # RFC 8460 section 3: unsigned reports should be ignored; kept raw
         # (with the reason) so staff can see what was turned away.
-        return Prepared(item, report, UNVERIFIED, verdict.auth)
-    return Prepared(item, report)
+        return Prepared(item, rows, UNVERIFIED, verdict.auth)
+    return Prepared(item, rows)
 
 
 @dataclass
@@ -135,9 +137,9 @@ class Ingester:
 
     def commit(self, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
         """Store what ``prepare_*`` made of an input, in ``conn``'s transaction."""
-        report = prepared.report
-        rows = report_rows(report) if report is not None else None
-        return self.commit_rows(conn, prepared.item, rows, prepared.outcome, prepared.reason)
+        return self.commit_rows(
+            conn, prepared.item, prepared.rows, prepared.outcome, prepared.reason
+        )
 
     def commit_rows(
         self,

@@ -1,4 +1,5 @@
-"""JSON report -> ``Report``: strict about what matters, tolerant of named quirks.
+"""JSON report -> ``ReportRows``: strict about what matters, tolerant of
+named quirks.
 
 A report is refused (``Refused``, with a reason a person can act on) only
 when it cannot be attributed or counted: not JSON, no organisation or
@@ -17,13 +18,14 @@ from typing import Any
 
 from policy_host.errors import PolicyHostError
 from policy_host.model import InvalidValue, hostname
-from policy_host.reports.model import (
-    POLICY_TYPES,
-    RESULT_TYPES,
-    Envelope,
-    FailureDetail,
-    PolicyResult,
-    Report,
+from policy_host.reports.model import POLICY_TYPES, RESULT_TYPES, Envelope, Report
+from policy_host.reports.rows import (
+    DetailRow,
+    PolicyRows,
+    ReportRows,
+    content_digest,
+    json_list,
+    to_report,
 )
 
 # A day of sessions from one sender to one domain is far below this; the cap
@@ -63,9 +65,10 @@ class Refused(PolicyHostError):
     """The report cannot be used; ``str()`` says why."""
 
 
-def parse_report(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> Report:
-    """Parse RFC 8460 section 4 JSON; ``Refused`` when it cannot be used.
-    ``quirks``: those already seen on the way (in the mail or the body)."""
+def parse_rows(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> ReportRows:
+    """Parse RFC 8460 section 4 JSON straight into the rows the store
+    inserts; ``Refused`` when it cannot be used. ``quirks``: those already
+    seen on the way (in the mail or the body)."""
     try:
         doc = json.loads(data)
     except UnicodeDecodeError:
@@ -79,12 +82,23 @@ def parse_report(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) ->
     return reader.report(doc)
 
 
+def parse_report(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> Report:
+    """``parse_rows`` as frozen objects."""
+    return to_report(parse_rows(data, envelope, quirks))
+
+
 class _Reader:
+    """One report's reading. Each rule is a method; the loops over
+    policies and failure details test the usual value (text of normal
+    length, a whole number in range) inline and call the method only for
+    anything else, because a day's reports run these loops millions of
+    times (docs/performance.md)."""
+
     def __init__(self, envelope: Envelope) -> None:
         self.envelope = envelope
         self.quirks: set[str] = set()
 
-    def report(self, doc: object) -> Report:
+    def report(self, doc: object) -> ReportRows:
         if not isinstance(doc, dict):
             raise Refused("the report is not a JSON object")
         organization = self.required_text(doc, "organization-name")
@@ -112,15 +126,20 @@ class _Reader:
             policies = []
         if not isinstance(policies, list):
             raise Refused("policies: expected a list")
-        results = tuple(self.policy(item, i) for i, item in enumerate(policies))
-        return Report(
-            organization=self.text(organization),
-            report_id=self.text(report_id.strip()),
-            contact=self.text(contact) if isinstance(contact, str) else None,
-            start=start,
-            end=end,
-            policies=results,
-            quirks=tuple(sorted(self.quirks)),
+        results = tuple([self.policy(item, i) for i, item in enumerate(policies)])
+        organization = self.text(organization)
+        report_id = self.text(report_id.strip())
+        contact = self.text(contact) if isinstance(contact, str) else None
+        digest = content_digest(organization, report_id, contact, start, end, results)
+        return ReportRows(
+            organization,
+            report_id,
+            contact,
+            start,
+            end,
+            tuple(sorted(self.quirks)),
+            results,
+            digest,
         )
 
     def required_text(self, doc: Mapping[str, Any], key: str) -> str:
@@ -200,7 +219,7 @@ class _Reader:
         except InvalidValue:
             return text.lower()
 
-    def policy(self, item: object, index: int) -> PolicyResult:
+    def policy(self, item: object, index: int) -> PolicyRows:
         where = f"policies[{index}]."
         if not isinstance(item, dict):
             raise Refused(f"policies[{index}]: expected an object")
@@ -243,44 +262,87 @@ class _Reader:
         details_in = item.get("failure-details") or []
         if not isinstance(details_in, list):
             raise Refused(f"{where}failure-details: expected a list")
-        details = [
-            self.detail(d, f"{where}failure-details[{i}].") for i, d in enumerate(details_in)
-        ]
-        if sum(d.count for d in details) != failure and details:
+        details = [self.detail(d, where, i) for i, d in enumerate(details_in)] if details_in else []
+        if details and sum(d[1] for d in details) != failure:
             # Both are kept: the summary is what rates are computed from.
             self.quirks.add("totals-disagree")
         if len(details) > MAX_DETAILS:
             self.quirks.add("details-truncated")
             details = details[:MAX_DETAILS]
-        return PolicyResult(
-            policy_type=policy_type,
-            domain=domain,
-            policy_string=self.texts(strings),
-            mx_host=self.texts([m.strip().lower() for m in mx]),
-            success=success,
-            failure=failure,
-            details=tuple(details),
+        policy_string = self.texts(strings)
+        mx_host = self.texts([m.strip().lower() for m in mx])
+        return PolicyRows(
+            policy_type,
+            domain,
+            policy_string,
+            mx_host,
+            success,
+            failure,
+            tuple(details),
+            json_list(policy_string),
+            json_list(mx_host),
         )
 
-    def detail(self, item: object, where: str) -> FailureDetail:
-        if not isinstance(item, dict):
-            raise Refused(f"{where[:-1]}: expected an object")
-        result_type = self.optional_text(item, "result-type", where)
-        if not result_type:
-            raise Refused(f"{where}result-type: missing")
+    def detail(self, item: object, policy_where: str, index: int) -> DetailRow:
+        if type(item) is not dict:
+            where = f"{policy_where}failure-details[{index}]."
+            if not isinstance(item, dict):
+                raise Refused(f"{where[:-1]}: expected an object")
+        get = item.get
+        # JSON gives exact types: ``type(v) is str`` with a normal length,
+        # or ``type(v) is int`` in range, is the usual value, which each
+        # rule's method would return unchanged.
+        result_type = get("result-type")
+        if type(result_type) is not str or not result_type or len(result_type) > MAX_TEXT:
+            where = f"{policy_where}failure-details[{index}]."
+            result_type = self.optional_text(item, "result-type", where)
+            if not result_type:
+                raise Refused(f"{where}result-type: missing")
         if result_type not in RESULT_TYPES:
             self.quirks.add("unknown-result-type")
-        mx = self.optional_text(item, "receiving-mx-hostname", where)
-        return FailureDetail(
-            result_type=result_type,
-            count=self.count(item, "failed-session-count", where),
-            sending_mta_ip=self.ip(item, "sending-mta-ip", where),
-            receiving_mx_hostname=mx.strip().rstrip(".").lower() if mx else None,
-            receiving_mx_helo=self.optional_text(item, "receiving-mx-helo", where),
-            receiving_ip=self.ip(item, "receiving-ip", where),
-            additional_information=self.optional_text(item, "additional-information", where),
-            failure_reason_code=self.optional_text(item, "failure-reason-code", where),
+        mx = get("receiving-mx-hostname")
+        if mx is not None and (type(mx) is not str or len(mx) > MAX_TEXT):
+            mx = self.optional_text(item, "receiving-mx-hostname", self.where(policy_where, index))
+        count = get("failed-session-count", 0)
+        if type(count) is not int or not 0 <= count <= MAX_COUNT:
+            count = self.count(item, "failed-session-count", self.where(policy_where, index))
+        sending_ip = get("sending-mta-ip")
+        if sending_ip is not None:
+            if type(sending_ip) is str and len(sending_ip) <= MAX_TEXT and sending_ip.strip():
+                sending_ip = sending_ip.strip()
+            else:
+                sending_ip = self.ip(item, "sending-mta-ip", self.where(policy_where, index))
+        helo = get("receiving-mx-helo")
+        if helo is not None and (type(helo) is not str or len(helo) > MAX_TEXT):
+            helo = self.optional_text(item, "receiving-mx-helo", self.where(policy_where, index))
+        receiving_ip = get("receiving-ip")
+        if receiving_ip is not None:
+            if type(receiving_ip) is str and len(receiving_ip) <= MAX_TEXT and receiving_ip.strip():
+                receiving_ip = receiving_ip.strip()
+            else:
+                receiving_ip = self.ip(item, "receiving-ip", self.where(policy_where, index))
+        more = get("additional-information")
+        if more is not None and (type(more) is not str or len(more) > MAX_TEXT):
+            more = self.optional_text(
+                item, "additional-information", self.where(policy_where, index)
+            )
+        code = get("failure-reason-code")
+        if code is not None and (type(code) is not str or len(code) > MAX_TEXT):
+            code = self.optional_text(item, "failure-reason-code", self.where(policy_where, index))
+        return (
+            result_type,
+            count,
+            sending_ip,
+            mx.strip().rstrip(".").lower() if mx else None,
+            helo,
+            receiving_ip,
+            more,
+            code,
         )
+
+    @staticmethod
+    def where(policy_where: str, index: int) -> str:
+        return f"{policy_where}failure-details[{index}]."
 
 
 # JSON gives exact types, so a set of them tells "all text" at C speed.

@@ -144,6 +144,8 @@ def cut(rows: ReportRows, policies: tuple[PolicyRows, ...]) -> ReportRows:
 
 
 def domains(policies: Sequence[PolicyRows]) -> list[str]:
+    if len(policies) == 1:  # most reports: no set to build
+        return [policies[0].domain]
     return sorted({p.domain for p in policies})
 
 
