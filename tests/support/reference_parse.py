@@ -5,14 +5,10 @@ corpus and on made-up reports; the rules live in policy_host/reports/parse.py.""
 
 from __future__ import annotations
 
-import datetime
 import json
-import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from policy_host.errors import PolicyHostError
-from policy_host.model import InvalidValue, hostname
+from policy_host.reports import parse
 from policy_host.reports.model import (
     POLICY_TYPES,
     RESULT_TYPES,
@@ -21,42 +17,9 @@ from policy_host.reports.model import (
     PolicyResult,
     Report,
 )
+from policy_host.reports.parse import MAX_COUNT, MAX_DETAILS, MAX_TEXT, Refused, _all_text
 
-# A day of sessions from one sender to one domain is far below this; the cap
-# keeps sums over millions of reports inside SQLite's 64-bit integers.
-MAX_COUNT = 10**12
-# Longest text field kept in the rows (the raw report keeps everything).
-MAX_TEXT = 2000
-# Failure details kept per policy (the raw report keeps all of them).
-MAX_DETAILS = 1000
-
-# The quirks tolerated, by the name recorded in Report.quirks.
-QUIRKS = {
-    "datetime-without-zone": "a date-range datetime has no time zone (taken as UTC)",
-    "mx-host-string": "mx-host is a string, not a list",
-    "contact-info-null": "contact-info is null or missing",
-    "empty-ip": "an IP field is an empty string",
-    "totals-disagree": "total-failure-session-count is not the sum of the failure details",
-    "policy-domain-from-envelope": "policy-domain missing; taken from the mail headers or file",
-    "policy-domain-missing": "policy-domain missing and nothing else names it",
-    "unknown-result-type": "a result-type outside the IANA registry (kept verbatim)",
-    "unknown-policy-type": "a policy-type outside RFC 8460 (kept verbatim)",
-    "domain-u-label": "a domain in U-labels (converted to A-labels)",
-    "domain-case": "a domain in upper case or with a final dot",
-    "no-policies": "policies is missing or empty",
-    "report-id-not-text": "report-id is a number",
-    "text-truncated": f"a text field over {MAX_TEXT} characters (cut in the rows)",
-    "details-truncated": f"over {MAX_DETAILS} failure details in a policy (rows keep the first)",
-    "gzip-label-plain-json": "sent as gzip but is plain JSON",
-}
-
-_DATETIME = re.compile(
-    r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*([Zz]|[+-]\d\d:?\d\d)?\Z"
-)
-
-
-class Refused(PolicyHostError):
-    """The report cannot be used; ``str()`` says why."""
+__all__ = ["MAX_COUNT", "MAX_DETAILS", "MAX_TEXT", "Refused", "parse_report"]
 
 
 def parse_report(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> Report:
@@ -72,15 +35,15 @@ def parse_report(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) ->
         raise Refused(f"not JSON: {str(exc)[:100]}") from None
     reader = _Reader(envelope)
     reader.quirks.update(quirks)
-    return reader.report(doc)
+    return reader.whole(doc)
 
 
-class _Reader:
-    def __init__(self, envelope: Envelope) -> None:
-        self.envelope = envelope
-        self.quirks: set[str] = set()
+class _Reader(parse._Reader):
+    """The rules for single values (``required_text`` .. ``domain``) are
+    the product's own; what is kept here is the old shape: dataclasses
+    built field by field, one method call per item."""
 
-    def report(self, doc: object) -> Report:
+    def whole(self, doc: object) -> Report:
         if not isinstance(doc, dict):
             raise Refused("the report is not a JSON object")
         organization = self.required_text(doc, "organization-name")
@@ -108,7 +71,7 @@ class _Reader:
             policies = []
         if not isinstance(policies, list):
             raise Refused("policies: expected a list")
-        results = tuple(self.policy(item, i) for i, item in enumerate(policies))
+        results = tuple(self.one_policy(item, i) for i, item in enumerate(policies))
         return Report(
             organization=self.text(organization),
             report_id=self.text(report_id.strip()),
@@ -119,84 +82,7 @@ class _Reader:
             quirks=tuple(sorted(self.quirks)),
         )
 
-    def required_text(self, doc: Mapping[str, Any], key: str) -> str:
-        value = doc.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise Refused(f"{key}: missing or not text")
-        return value.strip()
-
-    def text(self, value: str) -> str:
-        if len(value) > MAX_TEXT:
-            self.quirks.add("text-truncated")
-            return value[:MAX_TEXT]
-        return value
-
-    def texts(self, values: list[str]) -> tuple[str, ...]:
-        """``text`` of each (one length check for the usual short list)."""
-        if values and max(map(len, values)) > MAX_TEXT:
-            return tuple(self.text(v) for v in values)
-        return tuple(values)
-
-    def optional_text(self, doc: Mapping[str, Any], key: str, where: str) -> str | None:
-        value = doc.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return str(value)
-            raise Refused(f"{where}{key}: expected text")
-        return self.text(value)
-
-    def ip(self, doc: Mapping[str, Any], key: str, where: str) -> str | None:
-        value = self.optional_text(doc, key, where)
-        if value is not None and not value.strip():
-            self.quirks.add("empty-ip")
-            return None
-        return value.strip() if value is not None else None
-
-    def datetime(self, dates: Mapping[str, Any], key: str) -> float:
-        value = dates.get(key)
-        match = _DATETIME.match(value.strip()) if isinstance(value, str) else None
-        if match is None:
-            raise Refused(f"date-range.{key}: expected an RFC 3339 date-time (got {value!r:.60})")
-        day, clock, fraction, zone = match.groups()
-        if zone is None:
-            # Seen from Microsoft and others; RFC 8460 section 4.4 asks for
-            # UTC, so that is what it means.
-            self.quirks.add("datetime-without-zone")
-            zone = "+00:00"
-        elif zone in "Zz":
-            zone = "+00:00"
-        elif ":" not in zone:
-            zone = zone[:3] + ":" + zone[3:]
-        # Python takes at most six fraction digits; some senders send seven.
-        text = f"{day}T{clock}{'.' + (fraction + '000000')[:6] if fraction else ''}{zone}"
-        try:
-            return datetime.datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            raise Refused(f"date-range.{key}: not a real date-time ({value!r:.60})") from None
-
-    def count(self, doc: Mapping[str, Any], key: str, where: str) -> int:
-        value = doc.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Refused(f"{where}{key}: expected a whole number (got {value!r:.40})")
-        if not 0 <= value <= MAX_COUNT:
-            raise Refused(f"{where}{key}: {value:.3g} is out of range 0..{MAX_COUNT}")
-        return int(value)
-
-    def domain(self, value: str) -> str:
-        text = value.strip()
-        if text != text.lower() or text.endswith("."):
-            self.quirks.add("domain-case")
-        text = text.rstrip(".")
-        if not text.isascii():
-            self.quirks.add("domain-u-label")
-        try:
-            return hostname(text, what="policy-domain").ascii
-        except InvalidValue:
-            return text.lower()
-
-    def policy(self, item: object, index: int) -> PolicyResult:
+    def one_policy(self, item: object, index: int) -> PolicyResult:
         where = f"policies[{index}]."
         if not isinstance(item, dict):
             raise Refused(f"policies[{index}]: expected an object")
@@ -240,7 +126,7 @@ class _Reader:
         if not isinstance(details_in, list):
             raise Refused(f"{where}failure-details: expected a list")
         details = [
-            self.detail(d, f"{where}failure-details[{i}].") for i, d in enumerate(details_in)
+            self.one_detail(d, f"{where}failure-details[{i}].") for i, d in enumerate(details_in)
         ]
         if sum(d.count for d in details) != failure and details:
             # Both are kept: the summary is what rates are computed from.
@@ -258,7 +144,7 @@ class _Reader:
             details=tuple(details),
         )
 
-    def detail(self, item: object, where: str) -> FailureDetail:
+    def one_detail(self, item: object, where: str) -> FailureDetail:
         if not isinstance(item, dict):
             raise Refused(f"{where[:-1]}: expected an object")
         result_type = self.optional_text(item, "result-type", where)
@@ -277,11 +163,3 @@ class _Reader:
             additional_information=self.optional_text(item, "additional-information", where),
             failure_reason_code=self.optional_text(item, "failure-reason-code", where),
         )
-
-
-# JSON gives exact types, so a set of them tells "all text" at C speed.
-_TEXT_ONLY = frozenset({str})
-
-
-def _all_text(values: list[Any]) -> bool:
-    return set(map(type, values)) <= _TEXT_ONLY
