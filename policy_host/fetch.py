@@ -35,6 +35,8 @@ POLICY_PATH = "/.well-known/mta-sts.txt"
 HTTPS_PORT = 443
 HTTP_PORT = 80
 USER_AGENT = "policy-host-check"
+# apply's and nodes' own fetches, told apart from senders' in access logs.
+VERIFY_USER_AGENT = "policy-host-verify"
 # Threads fetching at once; fetches are rare next to DNS queries.
 MAX_FETCH_THREADS = 16
 
@@ -234,7 +236,7 @@ def fetch_from(
         conn.request(
             "GET",
             url.path.rstrip("/") + POLICY_PATH,
-            headers={"Host": host, "Connection": "close"},
+            headers={"Host": host, "User-Agent": VERIFY_USER_AGENT, "Connection": "close"},
         )
         response = conn.getresponse()
         return response.status, response.read(MAX_POLICY_BYTES + 1)

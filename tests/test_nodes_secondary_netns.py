@@ -63,7 +63,7 @@ from test_nodes_netns import (
 from test_stack_certs import require_stack
 
 from policy_host.authdns import configured_servers
-from policy_host.fetch import client_context
+from policy_host.fetch import VERIFY_USER_AGENT, client_context
 from policy_host.read.config import load_config
 from policy_host.state import published_ids, read_records
 
@@ -72,9 +72,8 @@ from policy_host.state import published_ids, read_records
 BUDGET = 150
 # The observer's own User-Agent, to tell its fetches from apply's in the logs.
 OBSERVER = "order-observer"
-# What nginx logs as the User-Agent of apply's fetches (fetch.fetch_from
-# sends none, as a sender need not).
-APPLY_AGENT = "-"
+# The User-Agent of apply's fetches, as nginx logs it.
+APPLY_AGENT = VERIFY_USER_AGENT
 ROUND_PAUSE = 0.01
 
 
