@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_host.certs.attempts import recorded_certificates
-from policy_host.model import POLICY_HOST_PREFIX, InvalidValue, Policy, Tenant
-from policy_host.promote.evidence import assess
+from policy_host.model import MODES, POLICY_HOST_PREFIX, InvalidValue, Policy, Tenant
+from policy_host.promote.evidence import assess_from, policy_mode, published_of
 from policy_host.read.config import ProviderConfig
 from policy_host.read.promotion import DAY
 from policy_host.results import Event, latest_event_per_domain, read_checks
@@ -60,31 +60,40 @@ def policy_of(body: bytes) -> Policy | None:
 
 
 def build_rows(config: ProviderConfig, now: float) -> list[Row]:
+    """Every tenant's row, in domain order. Each store is read once, in
+    bulk; readiness is judged from that same evidence."""
     records = read_records(config.state_db)
     checks = read_checks(config.results_db)
     certs = recorded_certificates(config.certs_db)
     events = latest_event_per_domain(config.results_db)
     testing: list[Tenant] = []
-    policies: dict[str, Policy] = {}
+    modes: dict[str, str] = {}
     for domain, rec in records.items():
         body = rec.pending.body if rec.pending is not None else rec.body
-        policy = policy_of(body) if body else None
-        if policy is not None:
-            policies[domain] = policy
-            if policy.mode == "testing" and rec.status != WITHDRAWING:
-                source = config.tenants_dir / f"{domain}.yaml"
-                testing.append(Tenant(domain, policy, str(source)))
-    readiness = {a.tenant.domain: a.readiness for a in assess(config, testing, now)}
+        # The mode alone for the list; a full (validating) parse only for
+        # the testing tenants readiness judges: a tenth of them, typically.
+        mode = policy_mode(body) if body else None
+        if mode not in MODES:
+            continue
+        assert mode is not None and body is not None
+        if mode == "testing" and rec.status != WITHDRAWING:
+            policy = policy_of(body)
+            if policy is None:
+                continue
+            testing.append(Tenant(domain, policy, str(config.tenants_dir / f"{domain}.yaml")))
+        modes[domain] = mode
+    judged = assess_from(config, testing, now, published_of(records), checks, certs)
+    readiness = {a.tenant.domain: a.readiness for a in judged}
     rows = []
-    for domain in sorted(set(records) | set(checks)):
+    for domain in sorted(records.keys() | checks.keys()):
         record = records.get(domain)
         check = checks.get(domain)
-        policy = policies.get(domain)
+        mode = modes.get(domain)
         cert = certs.get(POLICY_HOST_PREFIX + domain)
         ready = readiness.get(domain)
         withdrawing = record is not None and record.status == WITHDRAWING
         event = events.get(domain)
-        cert_bad = policy is not None and (cert is None or cert - now < CERT_WARN_DAYS * DAY)
+        cert_bad = mode is not None and (cert is None or cert - now < CERT_WARN_DAYS * DAY)
         problem = (
             (check is not None and check.status != "ok")
             or (cert_bad and domain in certs)
@@ -93,7 +102,7 @@ def build_rows(config: ProviderConfig, now: float) -> list[Row]:
         rows.append(
             Row(
                 domain,
-                policy.mode if policy else None,
+                mode,
                 record.policy_id if record else None,
                 withdrawing,
                 check.status if check else None,
