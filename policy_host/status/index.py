@@ -3,16 +3,13 @@
 The apply state gives the mode and id served, the results store the last
 check, the certificate expiry and the events; readiness comes from
 ``promote.evidence``. Never DNS. Building the rows for 100,000 tenants
-takes a moment, so ``IndexCache`` keeps them until a store changes.
+takes seconds, so ``status.refresh`` keeps them and rebuilds them aside.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from policy_host.certs.attempts import recorded_certificates
 from policy_host.model import MODES, POLICY_HOST_PREFIX, InvalidValue, Policy, Tenant
@@ -116,53 +113,6 @@ def build_rows(config: ProviderConfig, now: float) -> list[Row]:
             )
         )
     return rows
-
-
-def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int], ...]:
-    found = []
-    for path in paths:
-        for p in (path, path.with_name(path.name + "-wal")):
-            try:
-                st = os.stat(p)
-                found.append((st.st_mtime_ns, st.st_size))
-            except FileNotFoundError:
-                found.append((0, 0))
-    return tuple(found)
-
-
-class IndexCache:
-    """The rows, rebuilt when a store changes (or at most every ``ttl`` s,
-    as readiness depends on the time)."""
-
-    def __init__(self, config: ProviderConfig, clock: Callable[[], float], ttl: float = 300):
-        self.config = config
-        self.clock = clock
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._key: tuple[object, ...] | None = None
-        self._built = 0.0
-        self._rows: list[Row] = []
-        self._by_domain: dict[str, Row] = {}
-
-    def rows(self) -> list[Row]:
-        """Every row, in domain order."""
-        c = self.config
-        paths = [c.state_db, c.results_db, c.reports_db]
-        now = self.clock()
-        with self._lock:
-            if _signature(paths) != self._key or now - self._built > self.ttl:
-                self._rows = build_rows(c, now)
-                self._by_domain = {r.domain: r for r in self._rows}
-                # Taken after reading: the last reader closing a WAL database
-                # checkpoints it, which changes the files without new data.
-                self._key, self._built = _signature(paths), now
-            return self._rows
-
-    def row(self, domain: str) -> Row | None:
-        """One tenant's row (a tenant page: no scan of 100,000 rows)."""
-        self.rows()
-        with self._lock:
-            return self._by_domain.get(domain)
 
 
 def select(rows: Sequence[Row], query: str, kind: str, sort: str, descending: bool) -> list[Row]:
