@@ -79,7 +79,9 @@ def build_rows(config: ProviderConfig, now: float) -> list[Row]:
                 continue
             testing.append(Tenant(domain, policy, str(config.tenants_dir / f"{domain}.yaml")))
         modes[domain] = mode
-    judged = assess_from(config, testing, now, published_of(records), checks, certs)
+    # Readiness needs the published policy of the testing tenants only.
+    published = published_of({t.domain: records[t.domain] for t in testing})
+    judged = assess_from(config, testing, now, published, checks, certs)
     readiness = {a.tenant.domain: a.readiness for a in judged}
     rows = []
     for domain in sorted(records.keys() | checks.keys()):

@@ -102,10 +102,6 @@ class IndexCache:
         with self._lock:
             return self._thread is not None
 
-    def rows(self) -> list[Row]:
-        """Every row, in domain order."""
-        return self.view().index.rows
-
     def row(self, domain: str) -> Row | None:
         """One tenant's row (a tenant page: no scan of 100,000 rows)."""
         return self.view().index.by_domain.get(domain)
