@@ -10,6 +10,10 @@ times, through Flask's test client (in-process, no HTTP, so only the app
 is measured):
 
 - the first request of a fresh app (it builds its rows from the stores);
+- after a store change (one tenant's check turns to "fail"), the request
+  right after it (answered from the previous rows while they are rebuilt
+  in the background) and the time until a request shows the change (the
+  reference reads the stores on each request: one request, both times);
 - the list's first page, a search, the "Problems only" filter and a
   tenant's page, each warm, median of ``--rounds``;
 
@@ -179,6 +183,46 @@ def measure(app: Flask, path: str, rounds: int) -> float:
     return statistics.median(timed(get) for _ in range(rounds))
 
 
+def change_check(config: ProviderConfig, name: str, now: float) -> None:
+    """What `check` writes when a tenant's check starts failing."""
+    put_checks(config.results_db, [CheckResult(name, now, "fail", "enforce", (FAIL,), None)])
+
+
+def settle(app: Flask) -> None:
+    """Wait for a background rebuild of the rows, if one runs."""
+    while app.extensions["status_index"].refreshing:
+        time.sleep(0.02)
+
+
+def shows_failing(app: Flask, name: str) -> bool:
+    page = app.test_client().get("/").get_data(as_text=True)
+    row = page.split(f'data-domain="{name}">', 1)[-1].split("</tr>", 1)[0]
+    return ">fail<" in row
+
+
+def after_change(
+    product: Flask, reference: Flask, config: ProviderConfig, now: float
+) -> list[tuple[str, float, float]]:
+    """The request right after a store change, and the time until the
+    change shows, for the product and the reference."""
+    name = domain(0)  # the list's first row
+    change_check(config, name, now)
+    started = time.perf_counter()
+    product.test_client().get("/")
+    right_after = (time.perf_counter() - started) * 1000
+    while not shows_failing(product, name):
+        assert time.perf_counter() - started < 600, "the change never showed"
+        settle(product)
+    shown = (time.perf_counter() - started) * 1000
+    change_check(config, domain(1), now)
+    reference_after = timed(lambda: reference.test_client().get("/"))
+    assert ">fail<" in reference.test_client().get("/").get_data(as_text=True)
+    return [
+        ("request right after a store change", right_after, reference_after),
+        ("until the change shows", shown, reference_after),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=100_000)
@@ -198,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             timed(lambda: product.test_client().get("/")),
             timed(lambda: reference.test_client().get("/")),
         )
+        settle(product)  # the warm figures below without a rebuild beside them
         cases = [
             ("first page of a fresh app (builds its rows)", *first),
             *(
@@ -213,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                     (f"tenant page {target}", f"/tenant/{target}"),
                 )
             ),
+            *after_change(product, reference, config, now),
         ]
+        product.extensions["status_index"].stop()
     print(f"status page, {args.tenants} tenants, median of {args.rounds} (first: one run)")
     print(f"{'request':48} {'product ms':>11} {'reference ms':>13} {'ratio':>7}")
     for name, mine, theirs in cases:

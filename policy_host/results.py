@@ -153,7 +153,8 @@ def _check_of(row: Sequence[Any]) -> CheckResult:
         checked,
         status,
         mode,
-        tuple(json.loads(reasons)),
+        # Most checks pass with no reasons: skip the JSON parser for those.
+        () if reasons == "[]" else tuple(json.loads(reasons)),
         None if mx_hosts is None else tuple(json.loads(mx_hosts)),
     )
 

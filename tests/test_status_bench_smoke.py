@@ -37,5 +37,7 @@ def test_status_bench_prints_each_request_beside_its_reference() -> None:
         r"search q=customer0001",
         r"filter problems",
         r"tenant page customer000150\.example",
+        r"request right after a store change",
+        r"until the change shows",
     ):
         assert re.search(rf"(?m)^{name}{ROW}", out), (name, out)

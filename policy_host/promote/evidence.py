@@ -8,7 +8,7 @@ Reads the stores only, never DNS: `promote` and the status page see what
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from policy_host.read.promotion import DAY, PromoteSettings, tenant_settings
 from policy_host.reports.model import OUR_SIDE
 from policy_host.results import CheckResult, read_checks
 from policy_host.sqlitedb import reading
-from policy_host.state import read_records
+from policy_host.state import Record, read_records
 
 _CHUNK = 500
 
@@ -36,8 +36,13 @@ def policy_mode(body: bytes) -> str | None:
 
 def published_policies(state_db: Path) -> dict[str, Published]:
     """The committed policy per tenant: mode, when it was published, its id."""
+    return published_of(read_records(state_db))
+
+
+def published_of(records: Mapping[str, Record]) -> dict[str, Published]:
+    """``published_policies`` from apply state already read."""
     found = {}
-    for domain, record in read_records(state_db).items():
+    for domain, record in records.items():
         # Without a primary to publish to, the operator loads the zone by
         # hand: then the time it was served is the best known.
         since = record.published_at or record.served_at
@@ -111,9 +116,27 @@ class Assessment:
 
 def assess(config: ProviderConfig, tenants: Sequence[Tenant], now: float) -> list[Assessment]:
     """Readiness for each tenant, from the stores; tenant overrides applied."""
-    published = published_policies(config.state_db)
-    checks = read_checks(config.results_db, [t.domain for t in tenants])
-    certs = recorded_certificates(config.certs_db)
+    return assess_from(
+        config,
+        tenants,
+        now,
+        published_policies(config.state_db),
+        read_checks(config.results_db, [t.domain for t in tenants]),
+        recorded_certificates(config.certs_db),
+    )
+
+
+def assess_from(
+    config: ProviderConfig,
+    tenants: Sequence[Tenant],
+    now: float,
+    published: Mapping[str, Published],
+    checks: Mapping[str, CheckResult],
+    certs: Mapping[str, float],
+) -> list[Assessment]:
+    """``assess`` with the apply state, checks and certificates already read
+    (the status page reads each store once for all its rows); the report
+    evidence is still read here, in bulk."""
     settings = {t.domain: settings_for(config, t) for t in tenants}
     by_days: dict[int, list[str]] = {}
     for t in tenants:

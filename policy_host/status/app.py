@@ -20,8 +20,9 @@ from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 from policy_host.results import read_events
 from policy_host.state import history
-from policy_host.status.index import FILTERS, SORTS, IndexCache, select
+from policy_host.status.index import FILTERS, SORTS, select
 from policy_host.status.pages import BASE, LIST, TENANT
+from policy_host.status.refresh import IndexCache
 from policy_host.status.series import daily_totals, tenant_series
 from policy_host.status.svg import day_label, stacked_bars
 
@@ -45,12 +46,20 @@ COLUMNS = (
 )
 
 
-def create_app(config: ProviderConfig, clock: Callable[[], float] = time.time) -> Flask:
+def create_app(
+    config: ProviderConfig,
+    clock: Callable[[], float] = time.time,
+    index: IndexCache | None = None,
+) -> Flask:
+    """The app; ``index`` keeps its rows (one is made when not given).
+    ``app.extensions["status_index"]`` holds it: stop it to end the app."""
     app = Flask(__name__)
     app.jinja_loader = DictLoader({"base.html": BASE, "list.html": LIST, "tenant.html": TENANT})
-    cache = IndexCache(config, clock)
+    cache = index if index is not None else IndexCache(config, clock)
+    app.extensions["status_index"] = cache
     app.jinja_env.filters.update(
         when=lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)),
+        clock=lambda t: time.strftime("%H:%M:%S UTC", time.gmtime(t)),
         day=lambda t: time.strftime("%Y-%m-%d", time.gmtime(t)),
         dayno=day_label,
         days_left=lambda t: int((t - clock()) // 86_400),
@@ -69,7 +78,8 @@ def create_app(config: ProviderConfig, clock: Callable[[], float] = time.time) -
         desc = args.get("desc", "0") == "1"
         if kind not in FILTERS or sort not in SORTS:
             abort(400)
-        rows = select(cache.rows(), q, kind, sort, desc)
+        view = cache.view()
+        rows = select(view.index.rows, q, kind, sort, desc)
         pages = max(math.ceil(len(rows) / PER_PAGE), 1)
         page = min(max(_int(args.get("page", "1")), 1), pages)
         shown = rows[(page - 1) * PER_PAGE : page * PER_PAGE]
@@ -124,6 +134,7 @@ def create_app(config: ProviderConfig, clock: Callable[[], float] = time.time) -
             totals=totals,
             sparks=sparks,
             link=link,
+            view=view,
         )
 
     @app.get("/tenant/<domain>")
@@ -132,7 +143,8 @@ def create_app(config: ProviderConfig, clock: Callable[[], float] = time.time) -
             name = hostname(domain, what="domain").ascii
         except InvalidValue:
             abort(404)
-        row = cache.row(name)
+        view = cache.view()
+        row = view.index.by_domain.get(name)
         if row is None:
             abort(404)
         today = int(clock() // 86_400)
@@ -166,7 +178,13 @@ def create_app(config: ProviderConfig, clock: Callable[[], float] = time.time) -
         events += [(e.at, e.kind, e.message) for e in read_events(config.results_db, name)]
         events.sort(key=lambda e: -e[0])
         return render_template(
-            "tenant.html", row=row, series=series, days=days, charts=charts, history=events
+            "tenant.html",
+            row=row,
+            series=series,
+            days=days,
+            charts=charts,
+            history=events,
+            view=view,
         )
 
     @app.get("/healthz")

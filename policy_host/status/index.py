@@ -3,20 +3,17 @@
 The apply state gives the mode and id served, the results store the last
 check, the certificate expiry and the events; readiness comes from
 ``promote.evidence``. Never DNS. Building the rows for 100,000 tenants
-takes a moment, so ``IndexCache`` keeps them until a store changes.
+takes seconds, so ``status.refresh`` keeps them and rebuilds them aside.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from policy_host.certs.attempts import recorded_certificates
-from policy_host.model import POLICY_HOST_PREFIX, InvalidValue, Policy, Tenant
-from policy_host.promote.evidence import assess
+from policy_host.model import MODES, POLICY_HOST_PREFIX, InvalidValue, Policy, Tenant
+from policy_host.promote.evidence import assess_from, policy_mode, published_of
 from policy_host.read.config import ProviderConfig
 from policy_host.read.promotion import DAY
 from policy_host.results import Event, latest_event_per_domain, read_checks
@@ -60,31 +57,42 @@ def policy_of(body: bytes) -> Policy | None:
 
 
 def build_rows(config: ProviderConfig, now: float) -> list[Row]:
+    """Every tenant's row, in domain order. Each store is read once, in
+    bulk; readiness is judged from that same evidence."""
     records = read_records(config.state_db)
     checks = read_checks(config.results_db)
     certs = recorded_certificates(config.certs_db)
     events = latest_event_per_domain(config.results_db)
     testing: list[Tenant] = []
-    policies: dict[str, Policy] = {}
+    modes: dict[str, str] = {}
     for domain, rec in records.items():
         body = rec.pending.body if rec.pending is not None else rec.body
-        policy = policy_of(body) if body else None
-        if policy is not None:
-            policies[domain] = policy
-            if policy.mode == "testing" and rec.status != WITHDRAWING:
-                source = config.tenants_dir / f"{domain}.yaml"
-                testing.append(Tenant(domain, policy, str(source)))
-    readiness = {a.tenant.domain: a.readiness for a in assess(config, testing, now)}
+        # The mode alone for the list; a full (validating) parse only for
+        # the testing tenants readiness judges: a tenth of them, typically.
+        mode = policy_mode(body) if body else None
+        if mode not in MODES:
+            continue
+        assert mode is not None and body is not None
+        if mode == "testing" and rec.status != WITHDRAWING:
+            policy = policy_of(body)
+            if policy is None:
+                continue
+            testing.append(Tenant(domain, policy, str(config.tenants_dir / f"{domain}.yaml")))
+        modes[domain] = mode
+    # Readiness needs the published policy of the testing tenants only.
+    published = published_of({t.domain: records[t.domain] for t in testing})
+    judged = assess_from(config, testing, now, published, checks, certs)
+    readiness = {a.tenant.domain: a.readiness for a in judged}
     rows = []
-    for domain in sorted(set(records) | set(checks)):
+    for domain in sorted(records.keys() | checks.keys()):
         record = records.get(domain)
         check = checks.get(domain)
-        policy = policies.get(domain)
+        mode = modes.get(domain)
         cert = certs.get(POLICY_HOST_PREFIX + domain)
         ready = readiness.get(domain)
         withdrawing = record is not None and record.status == WITHDRAWING
         event = events.get(domain)
-        cert_bad = policy is not None and (cert is None or cert - now < CERT_WARN_DAYS * DAY)
+        cert_bad = mode is not None and (cert is None or cert - now < CERT_WARN_DAYS * DAY)
         problem = (
             (check is not None and check.status != "ok")
             or (cert_bad and domain in certs)
@@ -93,7 +101,7 @@ def build_rows(config: ProviderConfig, now: float) -> list[Row]:
         rows.append(
             Row(
                 domain,
-                policy.mode if policy else None,
+                mode,
                 record.policy_id if record else None,
                 withdrawing,
                 check.status if check else None,
@@ -107,53 +115,6 @@ def build_rows(config: ProviderConfig, now: float) -> list[Row]:
             )
         )
     return rows
-
-
-def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int], ...]:
-    found = []
-    for path in paths:
-        for p in (path, path.with_name(path.name + "-wal")):
-            try:
-                st = os.stat(p)
-                found.append((st.st_mtime_ns, st.st_size))
-            except FileNotFoundError:
-                found.append((0, 0))
-    return tuple(found)
-
-
-class IndexCache:
-    """The rows, rebuilt when a store changes (or at most every ``ttl`` s,
-    as readiness depends on the time)."""
-
-    def __init__(self, config: ProviderConfig, clock: Callable[[], float], ttl: float = 300):
-        self.config = config
-        self.clock = clock
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._key: tuple[object, ...] | None = None
-        self._built = 0.0
-        self._rows: list[Row] = []
-        self._by_domain: dict[str, Row] = {}
-
-    def rows(self) -> list[Row]:
-        """Every row, in domain order."""
-        c = self.config
-        paths = [c.state_db, c.results_db, c.reports_db]
-        now = self.clock()
-        with self._lock:
-            if _signature(paths) != self._key or now - self._built > self.ttl:
-                self._rows = build_rows(c, now)
-                self._by_domain = {r.domain: r for r in self._rows}
-                # Taken after reading: the last reader closing a WAL database
-                # checkpoints it, which changes the files without new data.
-                self._key, self._built = _signature(paths), now
-            return self._rows
-
-    def row(self, domain: str) -> Row | None:
-        """One tenant's row (a tenant page: no scan of 100,000 rows)."""
-        self.rows()
-        with self._lock:
-            return self._by_domain.get(domain)
 
 
 def select(rows: Sequence[Row], query: str, kind: str, sort: str, descending: bool) -> list[Row]:

@@ -17,7 +17,8 @@ nav.filters a[aria-current=page]{font-weight:bold;text-decoration:none;border-bo
 </style></head><body>
 <a class="skip" href="#main">Skip to content</a>
 <header><p><a href="{{ url_for('tenants') }}">policy-host status</a> &middot;
-generated {{ now|when }} from the stores (no DNS queried)</p></header>
+generated {{ now|when }} from the stores (no DNS queried){% if view %}
+&middot; <span id="as-of">figures as of {{ view.index.as_of|clock }}{% if view.refreshing %}, refreshing{% endif %}</span>{% endif %}</p></header>
 <main id="main">{% block main %}{% endblock %}</main></body></html>
 """
 
