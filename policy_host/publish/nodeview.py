@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import time
 from dataclasses import dataclass
 
 from policy_host.fetch import client_context, fetch_app, fetch_from
@@ -20,8 +21,12 @@ from policy_host.read.nodes import Node, NodeSettings
 
 # Seconds for one request to a node.
 REQUEST_TIMEOUT = 3.0
-# Requests per worker, at most, to hear from every worker of a node's app.
+# Requests in one round of asking a node's app for its workers' snapshots.
 MAX_ASKS_PER_WORKER = 10
+# Seconds to go on asking until every worker has answered, and the pause
+# between rounds (which lets another worker take the next connection).
+PATIENCE = 3.0
+ROUND_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -55,24 +60,31 @@ def ask_worker(node: Node) -> WorkerState | None:
     return parse_state(body.decode("ascii", "replace")) if status == 200 else None
 
 
-def view(node: Node, want: str | None) -> NodeView:
+def view(node: Node, want: str | None, *, patience: float = PATIENCE) -> NodeView:
     """Ask the node's app until every worker has answered (new connections,
-    so any worker may take each; at most ``MAX_ASKS_PER_WORKER`` per
-    worker): which snapshot each holds (``want``: the one expected)."""
+    so any worker may take each), for at most ``patience`` seconds: which
+    snapshot each holds (``want``: the one expected). An idle server's
+    kernel tends to hand each new connection to the same worker, so the
+    asking goes on in rounds with a pause between them rather than for a
+    fixed count."""
     tally = WorkerTally(want or "")
-    count, limit = 0, MAX_ASKS_PER_WORKER
-    while count < limit:
-        count += 1
-        try:
-            state = ask_worker(node)
-        except (OSError, http.client.HTTPException) as exc:
-            return NodeView(node, None, f"its app at {node.app} does not answer: {exc}")
-        if state is None:
-            return NodeView(node, None, f"its app at {node.app} gave no snapshot")
-        tally.add(state)
-        limit = MAX_ASKS_PER_WORKER * max(state.workers, 1)
-        if len(tally.latest) >= state.workers:
+    deadline = time.monotonic() + patience
+    while True:
+        workers = 1
+        for _ in range(MAX_ASKS_PER_WORKER):
+            try:
+                state = ask_worker(node)
+            except (OSError, http.client.HTTPException) as exc:
+                return NodeView(node, None, f"its app at {node.app} does not answer: {exc}")
+            if state is None:
+                return NodeView(node, None, f"its app at {node.app} gave no snapshot")
+            tally.add(state)
+            workers = max(state.workers, 1)
+            if len(tally.latest) >= workers:
+                break
+        if len(tally.latest) >= workers or time.monotonic() >= deadline:
             break
+        time.sleep(ROUND_PAUSE)
     found = {state.snapshot for state in tally.latest.values()}
     snapshot = found.pop() if len(found) == 1 else None
     if want is None:
