@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.promoteenv import tree
+from support.promoteenv import DAY, provider_with_evidence, tree
 
+from policy_host.certs.attempts import attempt_log
 from policy_host.read.config import ProviderConfig
 from policy_host.results import CheckResult, put_checks
 from policy_host.status.app import create_app
@@ -121,3 +122,15 @@ def test_one_rebuild_at_a_time_and_none_after_stop(
     assert cache.row("t2.example") is not None
     assert cache.row("t2.example").check_status == "fail"  # type: ignore[union-attr]
     assert "policy-host-status-refresh" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_certificate_that_runs_out_soon_makes_a_problem(tmp_path: Path) -> None:
+    config = provider_with_evidence(tmp_path)
+    now = time.time()
+    before = {row.domain: row.problem for row in build_rows(config, now)}
+    assert before["young.example"] is False
+    with attempt_log(config.certs_db, read_only=False) as certs:
+        certs.certificate("mta-sts.young.example", now + 2 * DAY)
+    after = {row.domain: row.problem for row in build_rows(config, now)}
+    assert after["young.example"] is True
+    assert after["ready.example"] is False  # 60 days left

@@ -92,10 +92,12 @@ def build_rows(config: ProviderConfig, now: float) -> list[Row]:
         ready = readiness.get(domain)
         withdrawing = record is not None and record.status == WITHDRAWING
         event = events.get(domain)
-        cert_bad = mode is not None and (cert is None or cert - now < CERT_WARN_DAYS * DAY)
+        # A certificate we hold that runs out soon (a tenant without a record
+        # of one, e.g. certificates brought by the provider, is not judged).
+        cert_bad = mode is not None and cert is not None and cert - now < CERT_WARN_DAYS * DAY
         problem = (
             (check is not None and check.status != "ok")
-            or (cert_bad and domain in certs)
+            or cert_bad
             or (event is not None and event.kind == "guard-alert" and event.at > now - DAY)
         )
         rows.append(
