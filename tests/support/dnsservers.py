@@ -96,6 +96,34 @@ def _quote(value: str | Path) -> str:
     return f'"{text}"'
 
 
+def knot_server_lines(
+    run: Path, address: str, port: int, storage: Path, control: Path
+) -> list[str]:
+    """The server, log, database and control sections every knotd of the
+    tests starts with (one worker each: the tests' loads are tiny)."""
+    return [
+        "server:",
+        f"    rundir: {_quote(run)}",
+        f"    pidfile: {_quote(run / 'knot.pid')}",
+        f"    listen: {address}@{port}",
+        "    udp-workers: 1",
+        "    tcp-workers: 1",
+        "    background-workers: 1",
+        "",
+        "log:",
+        "  - target: stderr",
+        "    any: info",
+        "",
+        "database:",
+        f"    storage: {_quote(storage)}",
+        "",
+        "control:",
+        f"    listen: {_quote(control)}",
+        "    timeout: 5",
+        "",
+    ]
+
+
 # --------------------------------------------------------------------------
 # Zones and keys
 # --------------------------------------------------------------------------
@@ -307,25 +335,7 @@ class KnotServer(Managed):
         self.zone_dir.mkdir(exist_ok=True)
         self.key.write_knot_keyfile(self.key_path)
         lines = [
-            "server:",
-            f"    rundir: {_quote(run)}",
-            f"    pidfile: {_quote(run / 'knot.pid')}",
-            f"    listen: {self.address}@{self.port}",
-            "    udp-workers: 1",
-            "    tcp-workers: 1",
-            "    background-workers: 1",
-            "",
-            "log:",
-            "  - target: stderr",
-            "    any: info",
-            "",
-            "database:",
-            f"    storage: {_quote(self.workdir / 'db')}",
-            "",
-            "control:",
-            f"    listen: {_quote(self.socket_path)}",
-            "    timeout: 5",
-            "",
+            *knot_server_lines(run, self.address, self.port, self.workdir / "db", self.socket_path),
             f"include: {_quote(self.key_path)}",
             "",
             *self._remote_lines(),
