@@ -51,7 +51,7 @@ from support.postfix import (
     service_tree,
     txt_rdata,
 )
-from support.procs import LOOPBACK, Daemon, require_binary
+from support.procs import LOOPBACK, Daemon, require_binary, wait_until
 from support.tls import make_ca
 from test_reports_nginx import NAME, PATH, PORT, TENANT, ReportsNginx
 from test_static_nginx import require_stack
@@ -272,6 +272,14 @@ def test_tlsrpt_reporter_reports_arrive_by_https_and_by_postfix_dkim_signed(
     assert rows[0][2] in ("https", "mail")
     # Postfix delivered the mail to the pipe once, and the pipe said which
     # report it held (its stdout ends up in the delivery status).
+    # Postfix logs the delivery once the pipe has exited, a moment after
+    # the store has the report.
+    with contextlib.suppress(TimeoutError):
+        wait_until(
+            lambda: "relay=tlsrpt, " in provider.postfix.log(),
+            10,
+            what="Postfix to log the delivery",
+        )
     maillog = provider.postfix.log()
     delivered = re.findall(r"relay=tlsrpt, .* status=sent \(delivered via tlsrpt service "
                            r"\((?:stored|duplicate): (.+)\)\)", maillog)  # fmt: skip
