@@ -328,7 +328,7 @@ class Store:
         if cursor.rowcount == 0:
             return self._another_copy(conn, item, report, ties, content)
         report_row = int(cursor.lastrowid or 0)
-        self.add_raw(conn, item, STORED, domains=_domains(report), report_row=report_row)
+        self.add_raw(conn, item, STORED, domains=domains(report.policies), report_row=report_row)
         self._add_results(conn, report_row, report, ties, verified=env.verified)
         return STORED
 
@@ -360,12 +360,14 @@ class Store:
             # Other content under a stored report's name, and no better
             # claim to it: kept aside, the stored report stays as it is.
             reason = f"differs from the stored report {report.organization} {report.report_id}"
-            self.add_raw(conn, item, REFUSED, reason, _domains(report))
+            self.add_raw(conn, item, REFUSED, reason, domains(report.policies))
             return DUPLICATE
         # A verified copy whose content differs from the unverified one we
         # hold: the unverified one may be forged (anyone can POST), so the
         # verified content replaces it, and the replaced input is kept raw.
-        raw_row = self.add_raw(conn, item, STORED, domains=_domains(report), report_row=report_row)
+        raw_row = self.add_raw(
+            conn, item, STORED, domains=domains(report.policies), report_row=report_row
+        )
         self._pending.flush(conn)
         conn.execute(
             "UPDATE raw SET outcome = ?, reason = ?, report = NULL WHERE report = ? AND id != ?",
@@ -495,10 +497,6 @@ class Store:
     def outcomes(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT outcome, count(*) FROM raw GROUP BY outcome")
         return {str(outcome): int(n) for outcome, n in rows}
-
-
-def _domains(report: ReportRows) -> list[str]:
-    return domains(report.policies)
 
 
 def would_prune(path: Path, now: float, keep_reports: float, keep_raw: float) -> tuple[int, int]:
