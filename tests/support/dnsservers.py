@@ -274,7 +274,25 @@ def soa_serial(
 ROOT_ZONE = Zone(".", (f"{HARNESS_NS} A 127.0.0.1",))  # glue for the NS
 
 
-class KnotServer(Managed):
+class DaemonInWorkdir(Managed):
+    """A server run as one ``Daemon`` from a folder of its own (``workdir``):
+    ``stop`` ends the process and keeps the folder (a restart reuses it),
+    ``cleanup`` removes both."""
+
+    workdir: Path
+    _daemon: Daemon | None
+
+    def stop(self) -> None:
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._daemon = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class KnotServer(DaemonInWorkdir):
     """An authoritative knotd on 127.0.0.1 serving ``zones``; a context manager.
 
     A minimal root zone is added unless ``zones`` has one, so that every
@@ -428,15 +446,6 @@ class KnotServer(Managed):
             self._daemon = daemon
             return
 
-    def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
     # -- control -----------------------------------------------------------
 
     def knotc(self, *args: str, timeout: float = 10.0) -> str:
@@ -529,7 +538,7 @@ class KnotServer(Managed):
 # --------------------------------------------------------------------------
 
 
-class UnboundResolver(Managed):
+class UnboundResolver(DaemonInWorkdir):
     """A recursive unbound on 127.0.0.1 that asks ``knot`` for every name.
 
     Caching is effectively off (TTLs capped at 0, no prefetch, no serving
@@ -656,15 +665,6 @@ class UnboundResolver(Managed):
                 continue
             self._daemon = daemon
             return
-
-    def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def resolver(self, timeout: float = 2.0) -> dns.resolver.Resolver:
         """A dnspython resolver that uses only this unbound (no /etc/resolv.conf)."""

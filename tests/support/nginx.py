@@ -18,11 +18,26 @@ from pathlib import Path
 from .layout import ROOT
 from .procs import LOOPBACK, Daemon, Managed, port_open, require_binary
 
-__all__ = ["SHIPPED_NGINX", "NginxServer"]
+__all__ = ["SHIPPED_NGINX", "NginxServer", "temp_paths"]
 
 SHIPPED_NGINX = ROOT / "nginx"
 SITE = "policy-host.conf"
 SNIPPET = "policy-host-tenant.conf"
+
+
+def temp_paths(tmp: Path | str) -> str:
+    """The http block's temporary folders, all under ``tmp`` (nginx's own
+    defaults are under /var/lib/nginx, which a test's nginx must not use)."""
+    return "".join(
+        f"    {kind}_temp_path {tmp}/{name};\n"
+        for kind, name in (
+            ("client_body", "body"),
+            ("proxy", "proxy"),
+            ("fastcgi", "fastcgi"),
+            ("uwsgi", "uwsgi"),
+            ("scgi", "scgi"),
+        )
+    )
 
 
 class NginxServer(Managed):
@@ -110,11 +125,7 @@ class NginxServer(Managed):
             f"error_log {self.error_log} info;\n"
             "events { worker_connections 256; }\n"
             "http {\n"
-            f"    client_body_temp_path {tmp}/body;\n"
-            f"    proxy_temp_path {tmp}/proxy;\n"
-            f"    fastcgi_temp_path {tmp}/fastcgi;\n"
-            f"    uwsgi_temp_path {tmp}/uwsgi;\n"
-            f"    scgi_temp_path {tmp}/scgi;\n"
+            f"{temp_paths(tmp)}"
             "    default_type application/octet-stream;\n"
             "    sendfile on;\n"
             # As loose as Debian's default nginx.conf, or looser.

@@ -32,7 +32,7 @@ from pathlib import Path
 from .dnsservers import Zone
 from .layout import ROOT
 from .netns import NetNamespace
-from .nginx import SHIPPED_NGINX, SNIPPET
+from .nginx import SHIPPED_NGINX, SNIPPET, temp_paths
 from .procs import Daemon, DaemonError, Managed, port_open, require_binary
 from .stack import CLI, ID_ZONE, POLICY_HOST, Customer, MiniInternet
 from .tls import make_ca
@@ -185,11 +185,7 @@ class ServingNode(Managed):
             f"error_log {log}/error.log info;\n"
             "events { worker_connections 256; }\n"
             "http {\n"
-            f"    client_body_temp_path {tmp}/body;\n"
-            f"    proxy_temp_path {tmp}/proxy;\n"
-            f"    fastcgi_temp_path {tmp}/fastcgi;\n"
-            f"    uwsgi_temp_path {tmp}/uwsgi;\n"
-            f"    scgi_temp_path {tmp}/scgi;\n"
+            f"{temp_paths(tmp)}"
             "    default_type application/octet-stream;\n"
             f"    include {conf / NODE_SITE};\n"
             "}\n"

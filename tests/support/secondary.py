@@ -23,6 +23,7 @@ import dns.message
 
 from .dnsservers import (
     START_TIMEOUT,
+    DaemonInWorkdir,
     KnotServer,
     TsigKey,
     Zone,
@@ -33,7 +34,7 @@ from .dnsservers import (
     query,
     soa_serial,
 )
-from .procs import LOOPBACK, Daemon, DaemonError, Managed, free_port, port_open, require_binary
+from .procs import LOOPBACK, Daemon, DaemonError, free_port, port_open, require_binary
 
 
 class NotifyingKnot(KnotServer):
@@ -68,7 +69,7 @@ class NotifyingKnot(KnotServer):
         return [f"    acl: {acl}", f"    notify: [{notify}]"]
 
 
-class KnotSecondary(Managed):
+class KnotSecondary(DaemonInWorkdir):
     """knotd as a secondary of ``primary_port`` for ``zones``, on ``port``."""
 
     address: str = LOOPBACK
@@ -132,15 +133,6 @@ class KnotSecondary(Managed):
         )
         daemon.start()
         self._daemon = daemon
-
-    def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def knotc(self, *args: str) -> str:
         if self._daemon is None:
