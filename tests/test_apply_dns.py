@@ -34,8 +34,9 @@ from support.dnsservers import DnsWorld, TsigKey
 
 from policy_host.cli.main import main
 from policy_host.publish import steps as apply_steps
-from policy_host.publish.apply import Report, apply_lock, run
+from policy_host.publish.apply import apply_lock, run
 from policy_host.publish.environment import Environment
+from policy_host.publish.report import Report
 from policy_host.publish.update import TsigKey as PublishKey
 from policy_host.read.config import ProviderConfig
 from policy_host.render import render

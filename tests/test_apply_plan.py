@@ -11,7 +11,7 @@ import dns.update
 import pytest
 
 from policy_host.model import Policy, Tenant
-from policy_host.publish import apply as apply_mod
+from policy_host.publish import send as send_mod
 from policy_host.publish.apply import run
 from policy_host.publish.environment import ChangedDomains, Environment
 from policy_host.publish.plan import Change, Plan, make_plan
@@ -322,7 +322,7 @@ def test_nothing_is_published_before_every_worker_had_time_to_swap(tmp_path: Pat
 def test_many_changes_go_out_in_batches_with_progress(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(apply_mod, "BATCH_SIZE", 2)
+    monkeypatch.setattr(send_mod, "BATCH_SIZE", 2)
     config = fake_config(tmp_path)
     for n in range(5):
         (config.tenants_dir / f"t{n}.example.yaml").write_text("mode: none\nmax_age: 86400\n")

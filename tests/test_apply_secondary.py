@@ -41,8 +41,9 @@ from support.secondary import KnotSecondary, NotifyingKnot, knot_at_serial, prim
 from policy_host.authdns import Nameserver, configured_servers, ns_servers, serial_behind
 from policy_host.cli.apply import print_report
 from policy_host.cli.main import main
-from policy_host.publish.apply import Report, run
+from policy_host.publish.apply import run
 from policy_host.publish.environment import Environment
+from policy_host.publish.report import Report
 from policy_host.publish.steps import COMMIT, CONFIRM, TLSRPT
 from policy_host.read.config import ProviderConfig
 from policy_host.state import ACTIVE, WITHDRAWING, hosted_tlsrpt, published_ids, read_records

@@ -30,8 +30,8 @@ from policy_host.cli.output import (
 from policy_host.read.config import ProviderConfig
 
 if TYPE_CHECKING:
-    from policy_host.publish.apply import Report
     from policy_host.publish.plan import Change
+    from policy_host.publish.report import Report
     from policy_host.publish.tlsrpt import TlsrptChange
 
 # The publish and state modules (and dnspython under them) are imported by

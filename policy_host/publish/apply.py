@@ -11,10 +11,14 @@ policy at once and caches it under that id, so a new policy must be served
 3. record the pending changes in the state, reload the server (the compile
    says what it changed) and verify that every upstream serves exactly
    those bytes, and those of every planned change, and that every worker
-   of the app behind them holds the snapshot just written;
-4. publish: one TSIG-signed RFC 2136 UPDATE per batch to the primary;
-5. confirm by reading the TXT records back from the primary, then from
-   every other authoritative server of the zone (``authoritative``); commit.
+   of the app behind them holds the snapshot just written (``verify``);
+4. with serving nodes, push to each and verify it serves them (``nodes``);
+5. publish: one TSIG-signed RFC 2136 UPDATE per batch to the primary
+   (``send``);
+6. confirm by reading the TXT records back from the primary, then from
+   every other authoritative server of the zone (``confirm``); commit;
+7. stop serving the withdrawals whose TXT is gone; then the hosted
+   TLS-RPT records, sent and confirmed the same way.
 
 Every step can be repeated, so a run that stops anywhere (an error, a
 crash) is completed by the next one.
@@ -25,16 +29,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from policy_host.errors import PolicyHostError, Problem
+from policy_host.errors import PolicyHostError
 from policy_host.fileio import LockHeld, locked
+from policy_host.publish.confirm import confirm_ids
 from policy_host.publish.environment import ChangedDomains, Environment
-from policy_host.publish.nodes import dry_run_note, push_and_verify
-from policy_host.publish.plan import Change, Plan, make_plan
-from policy_host.publish.propagation import Arrival
+from policy_host.publish.nodes import dry_run_note, push_and_verify, serve_on_nodes
+from policy_host.publish.plan import Plan, make_plan
+from policy_host.publish.report import Report
+from policy_host.publish.send import (
+    assumed_zone,
+    id_updates,
+    send_ids,
+    send_tlsrpt,
+    shown,
+    tlsrpt_updates,
+)
 from policy_host.publish.steps import (
     COMMIT,
     CONFIRM,
@@ -49,20 +62,9 @@ from policy_host.publish.steps import (
     VERIFY,
     ApplyError,
 )
-from policy_host.publish.tlsrpt import TlsrptChange, plan_tlsrpt
-from policy_host.publish.update import (
-    PublishError,
-    TxtChange,
-    build_update,
-    record_name,
-    update_text,
-)
-from policy_host.publish.verify import (
-    confirm_authorities,
-    confirm_txt,
-    verify_upstreams,
-    verify_workers,
-)
+from policy_host.publish.tlsrpt import plan_tlsrpt
+from policy_host.publish.update import PublishError
+from policy_host.publish.verify import verify_upstreams, verify_workers
 from policy_host.read.config import ProviderConfig
 from policy_host.read.parsecache import gc_paused
 from policy_host.read.tenants import (
@@ -87,56 +89,7 @@ from policy_host.state import (
 
 log = logging.getLogger(__name__)
 
-# TXT changes per UPDATE message: well inside the 64 KiB DNS message limit.
-BATCH_SIZE = 200
 LOCK_NAME = "apply.lock"
-
-
-@dataclass
-class Report:
-    """What a run did (or, with ``dry_run``, would do)."""
-
-    dry_run: bool
-    problems: list[Problem] = field(default_factory=list)
-    # Empty until the run got as far as planning.
-    plan: Plan = field(default_factory=lambda: Plan(now=0.0))
-    tlsrpt: tuple[TlsrptChange, ...] = ()
-    zone: str | None = None
-    updates: list[str] = field(default_factory=list)
-    reload: bool = False
-    manual_dns: bool = False
-    steps: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # New tenants served but not published: no valid certificate yet.
-    held: list[str] = field(default_factory=list)
-    # Per authoritative server: when it showed the run's changes.
-    propagation: list[Arrival] = field(default_factory=list)
-    failure: ApplyError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-    def as_dict(self) -> dict[str, object]:
-        plan = self.plan
-        return {
-            "dry_run": self.dry_run,
-            "ok": self.ok,
-            "changes": [c.as_dict() for c in plan.changes],
-            "unchanged": len(plan.unchanged),
-            "withdrawing": [w.as_dict() for w in plan.withdrawing],
-            "tlsrpt": [c.as_dict() for c in self.tlsrpt],
-            "notes": [*plan.notes, *self.notes],
-            "zone": self.zone,
-            "dns_updates": self.updates,
-            "reload": self.reload,
-            "manual_dns": self.manual_dns,
-            "steps_done": self.steps,
-            "waiting_for_certificate": self.held,
-            "propagation": [a.as_dict() for a in self.propagation],
-            "problems": [p.as_dict() for p in self.problems],
-            "failure": self.failure.as_dict() if self.failure else None,
-        }
 
 
 @contextlib.contextmanager
@@ -228,15 +181,6 @@ def _hold_uncertified(env: Environment, plan: Plan, report: Report) -> Plan:
     return replace(plan, changes=tuple(c for c in plan.changes if c.domain not in waiting))
 
 
-def _batches(changes: Sequence[Change]) -> Iterator[Sequence[Change]]:
-    for start in range(0, len(changes), BATCH_SIZE):
-        yield changes[start : start + BATCH_SIZE]
-
-
-def _txt_changes(config: ProviderConfig, batch: Sequence[Change]) -> list[TxtChange]:
-    return [TxtChange(record_name(config, c.domain), c.txt) for c in batch]
-
-
 def _records(result: LoadResult, store: Store | Path) -> dict[str, Record]:
     """The state's records: of the named tenants only after ``load_named``."""
     if isinstance(store, Path):
@@ -286,16 +230,9 @@ def _dry_run(
     if env.dns is None:
         report.manual_dns = True
         return
-    try:
-        report.zone = env.dns.zone_for(config.id_zone + ".")
-    except PublishError as exc:
-        report.zone = config.id_zone + "."
-        report.notes.append(f"the zone was not looked up ({exc}); assuming {report.zone}")
-    for batch in _batches(plan.changes):
-        update = build_update(
-            report.zone, _txt_changes(config, batch), config.dns.txt_ttl, env.dns.key
-        )
-        report.updates.append(update_text(update, env.dns.server, env.dns.key))
+    report.zone = assumed_zone(env.dns, config.id_zone, report.notes)
+    for _, update in id_updates(config, env.dns, report.zone, plan.changes):
+        report.updates.append(shown(env.dns, update))
 
 
 def _dry_run_tlsrpt(config: ProviderConfig, env: Environment, report: Report) -> None:
@@ -305,15 +242,9 @@ def _dry_run_tlsrpt(config: ProviderConfig, env: Environment, report: Report) ->
         report.manual_dns = True
         return
     assert config.tlsrpt.zone is not None  # (planned only with a zone)
-    try:
-        zone = env.dns.zone_for(config.tlsrpt.zone + ".")
-    except PublishError as exc:
-        zone = config.tlsrpt.zone + "."
-        report.notes.append(f"the zone was not looked up ({exc}); assuming {zone}")
-    for start in range(0, len(report.tlsrpt), BATCH_SIZE):
-        batch = [c.txt for c in report.tlsrpt[start : start + BATCH_SIZE]]
-        update = build_update(zone, batch, config.dns.txt_ttl, env.dns.key)
-        report.updates.append(update_text(update, env.dns.server, env.dns.key))
+    zone = assumed_zone(env.dns, config.tlsrpt.zone, report.notes)
+    for update in tlsrpt_updates(config, env.dns, zone, report.tlsrpt):
+        report.updates.append(shown(env.dns, update))
 
 
 def _run(
@@ -332,33 +263,18 @@ def _run(
 def _publish_tlsrpt(
     config: ProviderConfig, env: Environment, report: Report, result: LoadResult, store: Store
 ) -> None:
-    """Set or delete the hosted TLS-RPT records (``publish.tlsrpt``) by the
-    same TSIG-signed UPDATE path as the ids, confirm them at the primary,
-    record them."""
+    """Set or delete the hosted TLS-RPT records (``publish.tlsrpt``), confirm
+    them (``send``), record them."""
     named = named_domains(result) if result.named is not None else None
     changes = plan_tlsrpt(config, result.tenants, store.tlsrpt_values(named))
     report.tlsrpt = changes
     if not changes:
         return
-    domains = [c.domain for c in changes]
     if env.dns is None:
         report.manual_dns = True
     else:
-        assert config.tlsrpt.zone is not None  # (planned only with a zone)
-        sent = time.monotonic()
-        try:
-            zone = env.dns.zone_for(config.tlsrpt.zone + ".")
-            for start in range(0, len(changes), BATCH_SIZE):
-                batch = [c.txt for c in changes[start : start + BATCH_SIZE]]
-                update = build_update(zone, batch, config.dns.txt_ttl, env.dns.key)
-                report.updates.append(update_text(update, env.dns.server, env.dns.key))
-                env.dns.send(update)
-        except PublishError as exc:
-            raise ApplyError(TLSRPT, domains, str(exc)) from None
-        wanted = {c.name: (c.domain, c.value) for c in changes}
-        confirm_txt(config, env, wanted, TLSRPT)
-        confirm_authorities(
-            config, env, zone, wanted, TLSRPT, sent=sent, arrivals=report.propagation
+        send_tlsrpt(
+            config, env, env.dns, changes, updates=report.updates, arrivals=report.propagation
         )
     store.set_tlsrpt({c.domain: c.value for c in changes})
     _done(env, report, TLSRPT)
@@ -420,12 +336,8 @@ def _execute(
         store.mark(serves, SERVED, env.clock())
         _done(env, report, VERIFY)
     if env.nodes is not None:
-        # Every serving node too, before any id (RFC 8461 section 8); run
-        # even with nothing changed, so a node that missed a push catches up.
-        published = {d: body for d in domains if (body := serves.get(d)) is not None}
-        push_and_verify(
-            config, env.nodes, published, domains, sleep=env.sleep, progress=env.progress
-        )
+        # Every serving node too, before any id (RFC 8461 section 8).
+        serve_on_nodes(config, env.nodes, env, serves, domains)
         _done(env, report, NODES)
 
     if not changes:
@@ -435,25 +347,10 @@ def _execute(
     else:
         assert report.zone is not None
         sent = time.monotonic()
-        for batch in _batches(changes):
-            update = build_update(
-                report.zone, _txt_changes(config, batch), config.dns.txt_ttl, env.dns.key
-            )
-            report.updates.append(update_text(update, env.dns.server, env.dns.key))
-            try:
-                env.dns.send(update)
-            except PublishError as exc:
-                raise ApplyError(PUBLISH, [c.domain for c in batch], str(exc)) from None
+        send_ids(config, env.dns, report.zone, changes, report.updates)
         store.mark(domains, PUBLISHED, env.clock())
         _done(env, report, PUBLISH)
-        wanted = {record_name(config, c.domain): (c.domain, c.txt) for c in changes}
-        confirm_txt(config, env, wanted)
-        # RFC 8461 section 8: confirmed only once every authoritative
-        # server answers the new records; until then the state keeps the
-        # change pending and a rerun takes it up with the same ids.
-        confirm_authorities(
-            config, env, report.zone, wanted, CONFIRM, sent=sent, arrivals=report.propagation
-        )
+        confirm_ids(config, env, report.zone, changes, sent=sent, arrivals=report.propagation)
         _done(env, report, CONFIRM)
     store.commit(domains, env.clock(), confirmed=env.dns is not None)
     _done(env, report, COMMIT)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from policy_host.errors import PolicyHostError
 from policy_host.model import POLICY_HOST_PREFIX
+from policy_host.publish.environment import Environment
 from policy_host.publish.nodeview import NodeView
 from policy_host.publish.steps import NODES, POLL_INTERVAL, ApplyError
 from policy_host.read.config import ProviderConfig
@@ -123,6 +124,22 @@ def push_and_verify(
                 + f" after {config.apply.verify_timeout:g} s; {UNREACHABLE_HINT}",
             )
         sleep(POLL_INTERVAL)
+
+
+def serve_on_nodes(
+    config: ProviderConfig,
+    ops: NodeOps,
+    env: Environment,
+    serves: Mapping[str, bytes | None],
+    domains: Sequence[str],
+) -> None:
+    """The ``nodes`` step: after the control node verified itself and
+    before any id is published (RFC 8461 section 8), every active node
+    serves the policies of ``domains`` about to be published (``serves``:
+    domain -> new bytes). It runs even with nothing changed, so a node that
+    missed a push catches up."""
+    published = {d: body for d in domains if (body := serves.get(d)) is not None}
+    push_and_verify(config, ops, published, domains, sleep=env.sleep, progress=env.progress)
 
 
 def _fetch_one(ops: NodeOps, node: Node, domain: str, body: bytes) -> str | None:

@@ -1,25 +1,20 @@
-"""`apply`'s checks before and after publishing (RFC 8461 section 8).
+"""`apply`'s checks before publishing (RFC 8461 section 8: serve first).
 
-Before: every upstream serves exactly the new bytes, and every worker of
-the app behind them holds the snapshot just written. After: the primary
-answers every new TXT record, then every other authoritative server of the
-zone (``propagation``). Each polls until it holds or a bounded wait
-runs out, then names what was seen.
+Every upstream serves exactly the new bytes, and every worker of the app
+behind them holds the snapshot just written. Each polls until it holds or
+a bounded wait runs out, then names what was seen. The checks after
+publishing are ``confirm``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import time
 from collections.abc import Mapping
 
-from policy_host.authdns import AuthDnsError
 from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.publish.environment import Environment
-from policy_host.publish.propagation import Arrival, await_propagation, lag_message
-from policy_host.publish.steps import CONFIRM, POLL_INTERVAL, VERIFY, ApplyError
-from policy_host.publish.update import PublishError, shows
+from policy_host.publish.steps import POLL_INTERVAL, VERIFY, ApplyError
 from policy_host.publish.workers import WorkerTally
 from policy_host.read.config import ProviderConfig
 
@@ -105,79 +100,3 @@ def verify_workers(config: ProviderConfig, env: Environment, domains: list[str])
                 f"{config.apply.verify_timeout:g} s; nothing was published",
             )
         env.sleep(POLL_INTERVAL)
-
-
-def confirm_txt(
-    config: ProviderConfig,
-    env: Environment,
-    wanted: Mapping[str, tuple[str, bytes | None]],
-    step: str = CONFIRM,
-) -> None:
-    """Read every changed TXT back from the primary until it shows the change
-    (``wanted``: name -> (domain, value, None for deleted))."""
-    assert env.dns is not None
-    todo = dict(wanted)
-    total = len(todo)
-    last: dict[str, str] = {}
-    deadline = time.monotonic() + config.dns.timeout
-    while True:
-        for name, (_, value) in list(todo.items()):
-            try:
-                values = env.dns.txt(name)
-            except PublishError as exc:
-                last[name] = str(exc)
-                continue
-            if shows(values, value):
-                del todo[name]
-            else:
-                seen = b" | ".join(values).decode("ascii", "replace") or "no TXT record"
-                last[name] = f"the primary answers {seen!r} for {name}"
-        env.progress(step, total - len(todo), total)
-        if not todo:
-            return
-        if time.monotonic() >= deadline:
-            name, (_, value) = next(iter(todo.items()))
-            expected = repr(value.decode("ascii")) if value else "no TXT record"
-            raise ApplyError(
-                step,
-                sorted(domain for domain, _ in todo.values()),
-                f"{last.get(name, 'no answer')}; expected {expected}",
-            )
-        env.sleep(POLL_INTERVAL)
-
-
-def confirm_authorities(
-    config: ProviderConfig,
-    env: Environment,
-    zone: str,
-    wanted: Mapping[str, tuple[str, bytes | None]],
-    step: str,
-    *,
-    sent: float,
-    arrivals: list[Arrival],
-) -> None:
-    """After ``confirm_txt``: wait until every authoritative server of
-    ``zone`` shows the change too (RFC 8461 section 8); each server's
-    outcome goes to ``arrivals``. ``sent``: the ``time.monotonic()`` of the
-    UPDATE."""
-    if env.authorities is None:
-        return
-    domains = sorted({domain for domain, _ in wanted.values()})
-    try:
-        servers = env.authorities(zone)
-    except AuthDnsError as exc:
-        raise ApplyError(step, domains, f"the authoritative servers of {zone}: {exc}") from None
-    wait = config.authoritative.wait
-    found = await_propagation(
-        servers,
-        zone,
-        {name: value for name, (_, value) in wanted.items()},
-        sent=sent,
-        wait=wait,
-        sleep=env.sleep,
-        progress=lambda done, total: env.progress(step, done, total),
-    )
-    arrivals.extend(dataclasses.replace(arrival, step=step) for arrival in found)
-    problem = lag_message(found, wait)
-    if problem is not None:
-        raise ApplyError(step, domains, problem)
