@@ -17,9 +17,11 @@ command's start:
   imports, the config);
 - ``serve``: the control node serving the new policy and verifying it
   (compile, reload, local fetches, the workers' settle time);
-- ``rsync``: rsync over SSH to both nodes at once (one SSH connection each);
-- ``activate``: ``activate`` on each node (a second SSH connection: the
-  hard-linked release, the switch of ``current``, ``nginx -t`` and reload);
+- ``rsync``: rsync over SSH to both nodes at once (one SSH connection each,
+  its key exchange and login included);
+- ``activate``: ``activate`` on each node, through the rsync's connection
+  (the hard-linked release, the switch of ``current``, ``nginx -t`` and
+  reload);
 - ``node fetch``: `apply` fetching the policy from each node over HTTPS
   with SNI, and each node's app saying which snapshot it holds;
 - ``update``: the TSIG-signed DNS UPDATE to the primary;
