@@ -20,7 +20,12 @@ docs/install.md has the provider type:
    ``postfix-mta-sts-resolver`` fetches the policy through DNS and HTTPS;
 4. ``apply`` run as root is refused with a message and changes nothing;
    the service user's ``reload`` and ``apply`` still work, and the app
-   itself (not only nginx's files) serves the edited policy.
+   itself (not only nginx's files) serves the edited policy;
+5. TLS reports by HTTPS (docs/install.md section 11): with an https:
+   destination in ``tlsrpt.rua`` the install puts the reports snippet in
+   place, and the report name's server block once its certificate is
+   there; nginx then passes a POST to the app; without the destination
+   the server block goes.
 
 Needs root and Debian's knot, unbound, pebble, certbot, nginx, iproute2,
 util-linux: without them skipped, except under CI=true, where it fails.
@@ -34,6 +39,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -53,6 +59,7 @@ from support.machine import Machine, UnitSandbox, owners, uid_of
 from support.netns import NetNamespace, private_resolv_conf
 from support.pebble import Pebble
 from support.procs import LOOPBACK, Daemon, port_open, wait_until
+from support.tls import make_ca
 from test_stack_certs import require_stack
 
 SENDER = ROOT / "tests" / "support" / "sts_sender.py"
@@ -75,6 +82,9 @@ INSTALLED = (
 )
 # The whole scenario must stay well inside this (seconds).
 BUDGET = 120
+REPORT_NAME = f"tlsrpt.{PROVIDER}"
+REPORTS_SITE = "/etc/nginx/policy-host/reports.conf"
+REPORTS_SNIPPET = "/etc/nginx/snippets/policy-host-reports.conf"
 
 
 def run(
@@ -259,24 +269,30 @@ def tenant(mx: tuple[str, ...]) -> str:
     return "mode: testing\nmx:\n" + "".join(f"  - {m}\n" for m in mx) + "max_age: 604800\n"
 
 
-def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
-    started = time.monotonic()
-    machine = world.machine
-    assert not machine.path("/etc/policy-host").exists(), "the machine is not fresh"
-    machine.copy_in(
+def first_install(world: World) -> str:
+    """This tree copied to /opt/policy-host, installed with the provider's
+    answers; what the install said."""
+    world.machine.copy_in(
         ROOT,
         "/opt/policy-host",
         [".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", "var"],
     )
-
-    # 1. The install, and a second run that changes nothing.
-    said = install(
+    return install(
         world,
         *("--policy-host", POLICY_HOST, "--id-zone", ID_ZONE),
         *("--dns-primary", f"127.0.0.1:{world.knot.port}", "--tsig-key", str(world.key_file)),
         *("--acme-directory", world.pebble.directory_url, "--acme-ca", str(world.pebble.tls_ca)),
         *("--acme-email", f"hostmaster@{PROVIDER}"),
     )
+
+
+def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
+    started = time.monotonic()
+    machine = world.machine
+    assert not machine.path("/etc/policy-host").exists(), "the machine is not fresh"
+
+    # 1. The install, and a second run that changes nothing.
+    said = first_install(world)
     assert "changed: wrote /etc/letsencrypt/renewal-hooks/deploy/policy-host-nginx" in said
     venv = machine.path("/opt/policy-host/.venv/pyvenv.cfg").read_text()
     assert "home = /usr/bin\n" in venv, venv  # the system interpreter
@@ -386,3 +402,68 @@ def test_a_provider_installs_and_serves_a_first_customer(world: World) -> None:
         assert second["id"] != first["id"]
         assert second["policy"]["mx"] == list(edited)  # type: ignore[index]
     assert time.monotonic() - started < BUDGET
+
+
+def post_report(ca: Path, method: str, body: bytes) -> tuple[int, bytes]:
+    """A request to the report name on port 443, as a report sender makes it."""
+    context = ssl.create_default_context(cafile=str(ca))
+    conn = http.client.HTTPSConnection(REPORT_NAME, 443, context=context, timeout=10)
+    conn.sock = context.wrap_socket(
+        socket.create_connection((LOOPBACK, 443), timeout=10), server_hostname=REPORT_NAME
+    )
+    try:
+        headers = {"Content-Type": "application/tlsrpt+json"}
+        conn.request(method, "/v1/report", body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_reporting_by_https_installs_the_report_site(world: World) -> None:
+    machine = world.machine
+    if not machine.path("/etc/policy-host/install.answers").exists():
+        first_install(world)  # (this test run alone)
+    extra = world.root / "extra-config.yaml"
+    extra.write_text(
+        f"tlsrpt:\n  rua: [mailto:tlsrpt@{PROVIDER}, https://{REPORT_NAME}/v1/report]\n"
+    )
+
+    # Reporting configured, no certificate for the report name yet: the
+    # snippet is in place, the server block waits, and the install says how.
+    said = install(world, "--extra-config", str(extra))
+    assert f"changed: wrote {REPORTS_SNIPPET}" in said
+    assert f"TLS reports by HTTPS to {REPORT_NAME} wait for its certificate" in said
+    assert f"-d {REPORT_NAME}" in said
+    snippet = (ROOT / "nginx" / "policy-host-reports.conf").read_bytes()
+    assert machine.path(REPORTS_SNIPPET).read_bytes() == snippet
+    assert not machine.path(REPORTS_SITE).exists()
+
+    # Its certificate arrives (as certbot certonly puts it): the server block.
+    ca = make_ca(world.root / "report-ca")
+    chain, key = ca.issue("tlsrpt", [REPORT_NAME])
+    live = machine.path(f"/etc/letsencrypt/live/{REPORT_NAME}")
+    live.mkdir(parents=True)
+    (live / "fullchain.pem").write_bytes(chain.read_bytes())
+    (live / "privkey.pem").write_bytes(key.read_bytes())
+    said = install(world)
+    assert f"changed: wrote {REPORTS_SITE}" in said
+    assert f"TLS reports by HTTPS: {REPORTS_SITE} serves {REPORT_NAME}" in said
+    site = machine.path(REPORTS_SITE).read_text()
+    assert f"    server_name {REPORT_NAME};\n" in site
+    assert f"    ssl_certificate /etc/letsencrypt/live/{REPORT_NAME}/fullchain.pem;\n" in site
+    assert f"    include {REPORTS_SNIPPET};\n" in site
+    assert install(world).splitlines()[-1] == "install: nothing to change"
+
+    # nginx answers for the report name and passes a POST to the app.
+    with services(world):
+        assert post_report(ca.cert, "GET", b"")[0] == 403
+        status, body = post_report(ca.cert, "POST", b"{not json")
+        assert (status, body[:17]) == (400, b"refused: not JSON")
+
+    # Reports by mail only: the server block goes.
+    extra.write_text(f"tlsrpt:\n  rua: [mailto:tlsrpt@{PROVIDER}]\n")
+    said = install(world)
+    assert f"changed: removed {REPORTS_SITE}" in said
+    assert not machine.path(REPORTS_SITE).exists()
+    assert install(world).splitlines()[-1] == "install: nothing to change"

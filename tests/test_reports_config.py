@@ -47,6 +47,18 @@ def test_tlsrpt_section_is_read(tmp_path: Path) -> None:
     assert settings.max_failure_rate == 0.2
 
 
+def test_the_report_names_are_the_https_hosts_once_each(tmp_path: Path) -> None:
+    """What deploy/install serves reports for (its server blocks)."""
+    settings = _load(
+        tmp_path,
+        "tlsrpt:\n  rua: [mailto:r@b.example, HTTPS://B.example:8443/r, https://a.example/x,\n"
+        "    https://b.example/other]\n",
+    )
+    assert settings.https_hosts == ("a.example", "b.example")
+    assert settings.https_paths == ("/r", "/x", "/other")
+    assert _load(tmp_path, "tlsrpt:\n  rua: [mailto:r@b.example]\n").https_hosts == ()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -53,11 +53,21 @@ class TlsrptSettings:
         """The URL paths of the https: destinations (the POST route)."""
         import urllib.parse
 
-        return tuple(
-            urllib.parse.urlsplit(uri).path or "/"
-            for uri in self.rua
-            if uri.lower().startswith("https:")
-        )
+        return tuple(urllib.parse.urlsplit(uri).path or "/" for uri in self._https)
+
+    @property
+    def https_hosts(self) -> tuple[str, ...]:
+        """The host names of the https: destinations (each needs nginx's
+        report site and a certificate), sorted, once each."""
+        import urllib.parse
+
+        hosts = {urllib.parse.urlsplit(uri).hostname for uri in self._https}
+        return tuple(sorted(host for host in hosts if host))
+
+    @property
+    def _https(self) -> tuple[str, ...]:
+        # URI schemes are case-insensitive (RFC 3986 section 3.1).
+        return tuple(uri for uri in self.rua if uri.lower().startswith("https:"))
 
 
 KEYS = (
