@@ -66,6 +66,9 @@ PROBE_TIMEOUT = 0.5
 #: Seconds a readiness probe may take (loopback answers take well under 1 ms;
 #: a UDP query sent while the server is still starting is simply lost).
 READY_PROBE_TIMEOUT = 0.1
+#: Seconds a query a test asserts on may take: loopback answers take well
+#: under 1 ms, but a loaded machine has delayed one past half a second.
+ANSWER_TIMEOUT = 2.0
 #: Seconds a server may take to start (or to show a reloaded zone).
 START_TIMEOUT = 10.0
 #: Control socket paths must fit in sockaddr_un (108 bytes).
@@ -468,7 +471,7 @@ class KnotServer(DaemonInWorkdir):
 
     def serial(self, zone: str) -> int | None:
         """The SOA serial knotd serves for ``zone`` now (None if it does not)."""
-        return soa_serial(self.port, _fqdn(zone))
+        return soa_serial(self.port, _fqdn(zone), timeout=ANSWER_TIMEOUT)
 
     def set_zones(self, zones: Iterable[Zone]) -> None:
         """Replace the served zones with ``zones`` and wait until knotd serves them.
@@ -516,7 +519,7 @@ class KnotServer(DaemonInWorkdir):
 
     def query(self, qname: str, rdtype: str | dns.rdatatype.RdataType = "A") -> dns.message.Message:
         """Ask knotd directly (no recursion, CNAMEs into other zones not followed)."""
-        return query(self.port, qname, rdtype, recursion=False)
+        return query(self.port, qname, rdtype, recursion=False, timeout=ANSWER_TIMEOUT)
 
     def send_update(
         self, update: dns.update.UpdateMessage, timeout: float = 2.0
@@ -678,7 +681,7 @@ class UnboundResolver(DaemonInWorkdir):
 
     def query(self, qname: str, rdtype: str | dns.rdatatype.RdataType = "A") -> dns.message.Message:
         """Send one recursive query to unbound and return the raw response."""
-        return query(self.port, qname, rdtype, timeout=2.0)
+        return query(self.port, qname, rdtype, timeout=ANSWER_TIMEOUT)
 
 
 # --------------------------------------------------------------------------

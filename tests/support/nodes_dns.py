@@ -26,7 +26,7 @@ from pathlib import Path
 
 import dns.message
 
-from .dnsservers import KnotServer, TsigKey, Zone, _fqdn, query, soa_serial
+from .dnsservers import ANSWER_TIMEOUT, KnotServer, TsigKey, Zone, _fqdn, query, soa_serial
 from .nodes import RECEIVER, NodesInternet, ServingNode
 from .secondary import KnotSecondary, NotifyingKnot
 from .stack import PROVIDER_ZONE, Customer
@@ -97,10 +97,12 @@ class NsSecondary(KnotSecondary):
     address = NS_ADDRESSES["ns2"]
 
     def serial(self, zone: str) -> int | None:
-        return soa_serial(self.port, _fqdn(zone), address=self.address)
+        return soa_serial(self.port, _fqdn(zone), address=self.address, timeout=ANSWER_TIMEOUT)
 
     def query(self, qname: str, rdtype: str = "A") -> dns.message.Message:
-        return query(self.port, qname, rdtype, address=self.address, recursion=False)
+        return query(
+            self.port, qname, rdtype, address=self.address, recursion=False, timeout=ANSWER_TIMEOUT
+        )
 
     def transfers(self) -> list[str]:
         """The secondary's log lines about incoming zone transfers."""

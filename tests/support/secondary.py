@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import dns.message
 
 from .dnsservers import (
+    ANSWER_TIMEOUT,
     START_TIMEOUT,
     DaemonInWorkdir,
     KnotServer,
@@ -151,10 +152,10 @@ class KnotSecondary(DaemonInWorkdir):
         self.knotc("-b", "zone-thaw", *self.zones)
 
     def serial(self, zone: str) -> int | None:
-        return soa_serial(self.port, _fqdn(zone))
+        return soa_serial(self.port, _fqdn(zone), timeout=ANSWER_TIMEOUT)
 
     def query(self, qname: str, rdtype: str = "A") -> dns.message.Message:
-        return query(self.port, qname, rdtype, recursion=False)
+        return query(self.port, qname, rdtype, recursion=False, timeout=ANSWER_TIMEOUT)
 
 
 @contextlib.contextmanager
