@@ -28,8 +28,9 @@ from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
 from policy_host.reports.model import MAIL, Envelope
 from policy_host.reports.rows import ReportRows
+from policy_host.reports.schema import HEAD_BYTES, REFUSED
 from policy_host.reports.sources import file_input, is_maildir
-from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
+from policy_host.reports.store import Received
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500

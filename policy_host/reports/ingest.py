@@ -23,14 +23,8 @@ from policy_host.reports.model import MAIL, Envelope, Report
 from policy_host.reports.parse import Refused, parse_rows
 from policy_host.reports.policies import ServedHistory
 from policy_host.reports.rows import ReportRows, cut, to_report
-from policy_host.reports.store import (
-    FOREIGN,
-    NOT_REPORT,
-    REFUSED,
-    UNVERIFIED,
-    Received,
-    Store,
-)
+from policy_host.reports.schema import FOREIGN, NOT_REPORT, REFUSED, UNVERIFIED
+from policy_host.reports.store import Received, Store
 
 log = logging.getLogger(__name__)
 
