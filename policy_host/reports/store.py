@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from policy_host.reports import copies, retention
 from policy_host.reports.model import HTTPS, Envelope, Report
@@ -38,6 +39,8 @@ from policy_host.sqlitedb import BUSY_TIMEOUT, immediate
 
 # A report's key: organisation and report-id, both the sender's choice.
 Key = tuple[str, str]
+# An envelope's channel, origin, verified and auth: what ``raw`` keeps of it.
+Source = tuple[str, str, bool, str]
 # SQLite's default limit of host parameters per statement is 32,766; a
 # batch asks for its keys in slices well below it.
 KEYS_PER_QUERY = 4000
@@ -63,6 +66,16 @@ class Received:
     received: float
     size: int | None = None
     sha256: str = ""
+
+
+class Arrival(NamedTuple):
+    """``Received`` without its envelope, as plain values (a worker sends
+    them so; the storing process makes no object of them)."""
+
+    body: bytes
+    received: float
+    size: int | None
+    sha256: str
 
 
 def keeps_whole(channel: str, outcome: str) -> bool:
@@ -182,7 +195,7 @@ class Store:
     def add_raw_values(
         self,
         conn: sqlite3.Connection,
-        source: tuple[str, str, bool, str],
+        source: Source,
         data: bytes,
         received: float,
         size: int | None,
@@ -235,28 +248,21 @@ class Store:
         if not new:
             return copies.another_copy(self, conn, item, report, ties)
         env = item.envelope
-        self.add_new(
-            conn,
-            (env.channel, env.origin, env.verified, env.auth),
-            item.body,
-            item.received,
-            item.sha256,
-            report,
-            ties,
-        )
+        source = (env.channel, env.origin, env.verified, env.auth)
+        arrival = Arrival(item.body, item.received, item.size, item.sha256)
+        self.add_new(conn, source, arrival, report, ties)
         return STORED
 
     def add_new(
         self,
         conn: sqlite3.Connection,
-        source: tuple[str, str, bool, str],
-        data: bytes,
-        received: float,
-        sha256: str,
+        source: Source,
+        arrival: Arrival,
         report: ReportRows,
         ties: Sequence[Tie],
     ) -> None:
-        """A report whose key is not stored yet, and its raw bytes (whole)."""
+        """A report whose key is not stored yet, and its raw bytes."""
+        received = arrival.received
         report_row = self.pending.new_id(conn, "report")
         self.pending.rows["report"].append(
             (
@@ -266,9 +272,7 @@ class Store:
             )
         )  # fmt: skip
         names = domains(report.policies)
-        self.add_raw_values(
-            conn, source, data, received, None, sha256, STORED, "", " ".join(names), report_row
-        )
+        self.add_raw_values(conn, source, *arrival, STORED, "", " ".join(names), report_row)
         self.add_results(conn, report_row, report, ties, verified=source[2])
 
     def add_results(
