@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
 from policy_host.reports.model import MAIL, Envelope
+from policy_host.reports.parse import Memo
 from policy_host.reports.schema import HEAD_BYTES, REFUSED
 from policy_host.reports.sources import file_input, is_maildir
 from policy_host.reports.store import Arrival, Received
@@ -59,6 +60,8 @@ class Job:
     dns_server: tuple[str, int] | None
     dns_timeout: float
     cap: int
+    # Each worker's own after the fork: date-times and domains read once.
+    memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,12 +123,12 @@ def prepare(job: Job, source: Source | Done) -> Done:
     item = Received(envelope, data, time.time(), None, hashlib.sha256(data).hexdigest())
     if not is_message:
         labelled = name.lower().endswith((".gz", ".gzip"))
-        prepared = prepare_body(item, job.settings, labelled_gzip=labelled)
+        prepared = prepare_body(item, job.settings, labelled_gzip=labelled, memo=job.memo)
     elif not data:
         prepared = Prepared(item, outcome=REFUSED, reason="message too large or empty")
     else:
         lookup = resolver_lookup(job.dns_server, job.dns_timeout)
-        prepared = prepare_message(item, job.settings, lookup)
+        prepared = prepare_message(item, job.settings, lookup, job.memo)
     return Done(name, prepared, maildir_new=path)
 
 

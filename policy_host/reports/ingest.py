@@ -20,7 +20,7 @@ from policy_host.reports import mail as mailreader
 from policy_host.reports.decode import BadPayload, TooLarge, report_json
 from policy_host.reports.dkimcheck import TxtLookup, verify
 from policy_host.reports.model import MAIL, Envelope, Report
-from policy_host.reports.parse import Refused, parse_rows
+from policy_host.reports.parse import Memo, Refused, parse_rows
 from policy_host.reports.policies import ServedHistory
 from policy_host.reports.rows import PolicyRows, ReportRows, cut, to_report
 from policy_host.reports.schema import FOREIGN, NOT_REPORT, REFUSED, STORED, UNVERIFIED
@@ -57,20 +57,25 @@ class Prepared:
         return None if self.rows is None else to_report(self.rows)
 
 
-def prepare_body(item: Received, settings: TlsrptSettings, *, labelled_gzip: bool) -> Prepared:
-    """A report as POSTed or as a ``.json``/``.json.gz`` file."""
+def prepare_body(
+    item: Received, settings: TlsrptSettings, *, labelled_gzip: bool, memo: Memo | None = None
+) -> Prepared:
+    """A report as POSTed or as a ``.json``/``.json.gz`` file (``memo``:
+    see ``parse.Memo``)."""
     body = item.body
     try:
         data, quirks = report_json(body, settings.max_report_bytes)
         if labelled_gzip and not body.startswith(b"\x1f\x8b"):
             quirks = (*quirks, "gzip-label-plain-json")
-        rows = parse_rows(data, item.envelope, quirks)
+        rows = parse_rows(data, item.envelope, quirks, memo)
     except (TooLarge, BadPayload, Refused) as exc:
         return Prepared(item, outcome=REFUSED, reason=str(exc))
     return Prepared(item, rows)
 
 
-def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup) -> Prepared:
+def prepare_message(
+    item: Received, settings: TlsrptSettings, lookup: TxtLookup, memo: Memo | None = None
+) -> Prepared:
     """A whole message: from the MTA pipe, a ``.eml`` file or a Maildir."""
     data = item.body
     if len(data) > settings.max_report_bytes * 2:
@@ -94,7 +99,7 @@ def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup)
         payload, quirks = report_json(found.payload, settings.max_report_bytes)
         if found.labelled_gzip and not found.payload.startswith(b"\x1f\x8b"):
             quirks = (*quirks, "gzip-label-plain-json")
-        rows = parse_rows(payload, envelope, (*quirks, *found.quirks))
+        rows = parse_rows(payload, envelope, (*quirks, *found.quirks), memo)
     except (TooLarge, BadPayload, Refused) as exc:
         return Prepared(item, outcome=REFUSED, reason=str(exc))
     if found.domain and found.domain.lower().rstrip(".") not in {p.domain for p in rows.policies}:
