@@ -82,9 +82,10 @@ def test_a_batch_stores_what_one_input_at_a_time_stores(tmp_path: Path) -> None:
     assert {STORED, DUPLICATE, REFUSED} <= set(counts)
     tables = _tables(many.reports_db)
     assert tables == _tables(one.reports_db)
-    raw_reasons = [row[6] for row in tables["raw"]]
+    raw_reasons = [str(row[6]) for row in tables["raw"]]
     assert any(r.startswith("differs from the stored report") for r in raw_reasons)
-    assert max(row[8] for row in tables["report"]) > 2  # copies
+    copies = [row[8] for row in tables["report"]]
+    assert any(isinstance(n, int) and n > 2 for n in copies)
 
 
 def test_the_memo_reads_as_a_fresh_parse_does() -> None:

@@ -212,10 +212,6 @@ def run(
 ) -> Counter[str]:
     """Ingest everything under ``paths``; ``report`` hears of every input
     that was not stored (or a duplicate). Returns counts by outcome."""
-    counts: Counter[str] = Counter()
-    store = ingester.store
-    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
-    store.conn.execute("PRAGMA cache_size=-65536")
     listed = list(sources(paths))
     chunks = None
     packed: Iterator[Packed]
@@ -228,25 +224,37 @@ def run(
             packed = itertools.chain.from_iterable(chunks)
         else:
             packed = (prepare_packed(job, source) for source in listed)
-        batch = list(itertools.islice(packed, BATCH))
-        while batch:
-            after = list(itertools.islice(packed, BATCH))
-            moves = [Path(p[2]) for p in batch if p[2] is not None and p[3] is not None]
-            # Only the last transaction, and one after which Maildir messages
-            # leave new/, must be on disk when it commits: its sync takes
-            # every earlier commit of the run with it (``Store.transaction``).
-            with store.transaction(durable=not after or bool(moves)) as conn:
-                outcomes = _commit(ingester, conn, batch)
-            for (name, *_), outcome in zip(batch, outcomes, strict=True):
-                counts[outcome.outcome] += 1
-                report(name, outcome)
-            for message in moves:
-                mark_seen(message)
-            batch = after
-        return counts
+        return store_packed(ingester, packed, report)
     finally:
         if chunks is not None:
             chunks.close()
+
+
+def store_packed(
+    ingester: Ingester, packed: Iterator[Packed], report: Callable[[str, Outcome], None]
+) -> Counter[str]:
+    """Store inputs as ``prepare_packed`` made them, in order, ``BATCH``
+    per transaction; Maildir messages stored move to cur/."""
+    counts: Counter[str] = Counter()
+    store = ingester.store
+    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
+    store.conn.execute("PRAGMA cache_size=-65536")
+    batch = list(itertools.islice(packed, BATCH))
+    while batch:
+        after = list(itertools.islice(packed, BATCH))
+        moves = [Path(p[2]) for p in batch if p[2] is not None and p[3] is not None]
+        # Only the last transaction, and one after which Maildir messages
+        # leave new/, must be on disk when it commits: its sync takes
+        # every earlier commit of the run with it (``Store.transaction``).
+        with store.transaction(durable=not after or bool(moves)) as conn:
+            outcomes = _commit(ingester, conn, batch)
+        for (name, *_), outcome in zip(batch, outcomes, strict=True):
+            counts[outcome.outcome] += 1
+            report(name, outcome)
+        for message in moves:
+            mark_seen(message)
+        batch = after
+    return counts
 
 
 def _commit(ingester: Ingester, conn: sqlite3.Connection, batch: list[Packed]) -> list[Outcome]:
