@@ -68,12 +68,10 @@ class Refused(PolicyHostError):
 
 
 class Memo:
-    """What reading a date-time or a domain made of its text, kept for the
-    next report that has the same text: a day's reports share a handful of
-    date ranges and name each tenant's domain several times (one report per
-    sender). Only values that were read without refusal are kept, each with
-    the quirks it showed, and at most ``LIMIT`` of each kind, so a run over
-    inputs that are all different only stops gaining."""
+    """Date-times and domains as read, with the quirks each showed, for the
+    next report with the same text (a day's reports share a few date ranges
+    and name each tenant once per sender). Only what was read without
+    refusal, at most ``LIMIT`` of each kind."""
 
     LIMIT = 100_000
 
