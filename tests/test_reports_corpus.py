@@ -18,7 +18,7 @@ from policy_host.read.config import ProviderConfig
 from policy_host.reports.ingest import Ingester
 from policy_host.reports.model import FILE, Envelope
 from policy_host.reports.parse import Refused, parse_report
-from policy_host.reports.store import DUPLICATE, NOT_REPORT, REFUSED, STORED
+from policy_host.reports.schema import DUPLICATE, NOT_REPORT, REFUSED, STORED
 
 
 def _expected() -> list[tuple[str, str, str]]:

@@ -16,7 +16,7 @@ from support.reportenv import CORPUS, Store, make_ingester, report_tree
 from policy_host.reports.dkimcheck import verify
 from policy_host.reports.ingest import Ingester
 from policy_host.reports.model import MAIL, Envelope
-from policy_host.reports.store import DUPLICATE, STORED, UNVERIFIED
+from policy_host.reports.schema import DUPLICATE, STORED, UNVERIFIED
 
 SUBMITTER = "mailsender.example"
 HEADERS = [b"from", b"to", b"subject", b"date", b"message-id", b"tls-report-domain",

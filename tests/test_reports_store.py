@@ -22,19 +22,17 @@ from policy_host.reports.policies import (
     UNTRACKED,
     ServedHistory,
 )
-from policy_host.reports.store import (
+from policy_host.reports.retention import would_prune
+from policy_host.reports.schema import (
     DUPLICATE,
     FOREIGN,
     HEAD_BYTES,
     REFUSED,
     SCHEMA_VERSION,
     STORED,
-    Received,
-    Store,
     StoreError,
-    Tie,
-    would_prune,
 )
+from policy_host.reports.store import Received, Store, Tie
 
 DAY = 86_400.0
 

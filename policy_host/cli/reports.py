@@ -26,15 +26,9 @@ from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 from policy_host.reports.model import OUR_SIDE
-from policy_host.reports.store import (
-    DUPLICATE,
-    NOT_REPORT,
-    REFUSED,
-    STORED,
-    Store,
-    StoreError,
-    would_prune,
-)
+from policy_host.reports.retention import would_prune
+from policy_host.reports.schema import DUPLICATE, NOT_REPORT, REFUSED, STORED, StoreError
+from policy_host.reports.store import Store
 from policy_host.reports.summary import Limits, TenantSummary, summarise
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,9 +29,10 @@ from policy_host.reports.decode import CHUNK, TooLarge, read_capped
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
 from policy_host.reports.model import MAIL, Envelope
-from policy_host.reports.rows import ReportRows
+from policy_host.reports.parse import Memo
+from policy_host.reports.schema import HEAD_BYTES, REFUSED
 from policy_host.reports.sources import file_input, is_maildir
-from policy_host.reports.store import HEAD_BYTES, REFUSED, Received
+from policy_host.reports.store import Arrival, Received
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500
@@ -57,6 +60,8 @@ class Job:
     dns_server: tuple[str, int] | None
     dns_timeout: float
     cap: int
+    # Each worker's own after the fork: date-times and domains read once.
+    memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,12 @@ def prepare(job: Job, source: Source | Done) -> Done:
     item = Received(envelope, data, time.time(), None, hashlib.sha256(data).hexdigest())
     if not is_message:
         labelled = name.lower().endswith((".gz", ".gzip"))
-        prepared = prepare_body(item, job.settings, labelled_gzip=labelled)
+        prepared = prepare_body(item, job.settings, labelled_gzip=labelled, memo=job.memo)
     elif not data:
         prepared = Prepared(item, outcome=REFUSED, reason="message too large or empty")
     else:
         lookup = resolver_lookup(job.dns_server, job.dns_timeout)
-        prepared = prepare_message(item, job.settings, lookup)
+        prepared = prepare_message(item, job.settings, lookup, job.memo)
     return Done(name, prepared, maildir_new=path)
 
 
@@ -180,44 +185,15 @@ def prepare_packed(job: Job, source: Source | Done) -> Packed:
     return (done.name, done.reason, new, (item, p.rows, p.outcome, p.reason))
 
 
-class Ready(NamedTuple):
-    """An input as the storing process takes it: what ``prepare`` made of
-    it (``item`` None when it could not be read), its report as rows."""
-
-    name: str
-    reason: str
-    maildir_new: Path | None
-    item: Received | None
-    rows: ReportRows | None = None
-    outcome: str = ""
-    why: str = ""
-
-
-def ready(done: Done) -> Ready:
-    """A ``Done`` made in this process, as the storing loop takes it."""
-    p = done.prepared
-    if p is None:
-        return Ready(done.name, done.reason, done.maildir_new, None)
-    return Ready(done.name, done.reason, done.maildir_new, p.item, p.rows, p.outcome, p.reason)
-
-
-def unpack_ready(packed: Packed) -> Ready:
-    """What a worker packed, as the storing loop takes it (in the parent)."""
+def unpack(packed: Packed) -> Done:
+    """The ``Done`` a worker packed, whole."""
     name, reason, new, prepared = packed
     maildir_new = None if new is None else Path(new)
     if prepared is None:
-        return Ready(name, reason, maildir_new, None)
+        return Done(name, None, reason, maildir_new)
     (envelope, body, received, size, sha256), rows, outcome, why = prepared
     item = Received(Envelope(*envelope), body, received, size, sha256)
-    return Ready(name, reason, maildir_new, item, rows, outcome, why)
-
-
-def unpack(packed: Packed) -> Done:
-    """The ``Done`` a worker packed, whole."""
-    r = unpack_ready(packed)
-    if r.item is None:
-        return Done(r.name, None, r.reason, r.maildir_new)
-    return Done(r.name, Prepared(r.item, r.rows, r.outcome, r.why), r.reason, r.maildir_new)
+    return Done(name, Prepared(item, rows, outcome, why), reason, maildir_new)
 
 
 def mark_seen(message: Path) -> None:
@@ -236,41 +212,62 @@ def run(
 ) -> Counter[str]:
     """Ingest everything under ``paths``; ``report`` hears of every input
     that was not stored (or a duplicate). Returns counts by outcome."""
-    counts: Counter[str] = Counter()
-    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
-    ingester.store.conn.execute("PRAGMA cache_size=-65536")
     listed = list(sources(paths))
     chunks = None
-    pending: Iterator[Ready]
+    packed: Iterator[Packed]
     try:
         if jobs > 1 and len(listed) >= POOL_FROM:
             # Forked workers: they need nothing but ``job`` and ``listed``;
             # the store stays here.
             work = functools.partial(prepare_packed, job)
             chunks = workers.in_order(listed, work, jobs, INPUTS_PER_MESSAGE)
-            pending = (unpack_ready(packed) for chunk in chunks for packed in chunk)
+            packed = itertools.chain.from_iterable(chunks)
         else:
-            pending = (ready(prepare(job, source)) for source in listed)
-        while True:
-            batch: list[Ready] = []
-            with ingester.store.transaction() as conn:
-                for result in pending:
-                    batch.append(result)
-                    if result.item is None:
-                        outcome = Outcome("unreadable", result.reason)
-                    else:
-                        outcome = ingester.commit_rows(
-                            conn, result.item, result.rows, result.outcome, result.why
-                        )
-                    counts[outcome.outcome] += 1
-                    report(result.name, outcome)
-                    if len(batch) >= BATCH:
-                        break
-            for result in batch:
-                if result.maildir_new is not None and result.item is not None:
-                    mark_seen(result.maildir_new)
-            if len(batch) < BATCH:
-                return counts
+            packed = (prepare_packed(job, source) for source in listed)
+        return store_packed(ingester, packed, report)
     finally:
         if chunks is not None:
             chunks.close()
+
+
+def store_packed(
+    ingester: Ingester, packed: Iterator[Packed], report: Callable[[str, Outcome], None]
+) -> Counter[str]:
+    """Store inputs as ``prepare_packed`` made them, in order, ``BATCH``
+    per transaction; Maildir messages stored move to cur/."""
+    counts: Counter[str] = Counter()
+    store = ingester.store
+    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
+    store.conn.execute("PRAGMA cache_size=-65536")
+    batch = list(itertools.islice(packed, BATCH))
+    while batch:
+        after = list(itertools.islice(packed, BATCH))
+        moves = [Path(p[2]) for p in batch if p[2] is not None and p[3] is not None]
+        # Only the last transaction, and one after which Maildir messages
+        # leave new/, must be on disk when it commits: its sync takes
+        # every earlier commit of the run with it (``Store.transaction``).
+        with store.transaction(durable=not after or bool(moves)) as conn:
+            outcomes = _commit(ingester, conn, batch)
+        for (name, *_), outcome in zip(batch, outcomes, strict=True):
+            counts[outcome.outcome] += 1
+            report(name, outcome)
+        for message in moves:
+            mark_seen(message)
+        batch = after
+    return counts
+
+
+def _commit(ingester: Ingester, conn: sqlite3.Connection, batch: list[Packed]) -> list[Outcome]:
+    """Store a batch of packed inputs in ``conn``'s transaction, asking once
+    which of its reports are stored already."""
+    keys = {(p[1].organization, p[1].report_id) for _, _, _, p in batch if p and p[1]}
+    known = ingester.store.known(conn, keys)
+    commit = ingester.commit_values
+    outcomes = []
+    for _, reason, _, prepared in batch:
+        if prepared is None:
+            outcomes.append(Outcome("unreadable", reason))
+            continue
+        (envelope, *arrival), rows, outcome, why = prepared
+        outcomes.append(commit(conn, envelope, Arrival(*arrival), rows, outcome, why, known))
+    return outcomes

@@ -20,19 +20,16 @@ from policy_host.reports import mail as mailreader
 from policy_host.reports.decode import BadPayload, TooLarge, report_json
 from policy_host.reports.dkimcheck import TxtLookup, verify
 from policy_host.reports.model import MAIL, Envelope, Report
-from policy_host.reports.parse import Refused, parse_rows
+from policy_host.reports.parse import Memo, Refused, parse_rows
 from policy_host.reports.policies import ServedHistory
-from policy_host.reports.rows import ReportRows, cut, to_report
-from policy_host.reports.store import (
-    FOREIGN,
-    NOT_REPORT,
-    REFUSED,
-    UNVERIFIED,
-    Received,
-    Store,
-)
+from policy_host.reports.rows import PolicyRows, ReportRows, cut, to_report
+from policy_host.reports.schema import FOREIGN, NOT_REPORT, REFUSED, STORED, UNVERIFIED
+from policy_host.reports.store import Arrival, Key, Received, Store
 
 log = logging.getLogger(__name__)
+
+# An ``Envelope``'s fields in order, as a worker process sends them.
+EnvelopeValues = tuple[str, str, bool, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -60,20 +57,25 @@ class Prepared:
         return None if self.rows is None else to_report(self.rows)
 
 
-def prepare_body(item: Received, settings: TlsrptSettings, *, labelled_gzip: bool) -> Prepared:
-    """A report as POSTed or as a ``.json``/``.json.gz`` file."""
+def prepare_body(
+    item: Received, settings: TlsrptSettings, *, labelled_gzip: bool, memo: Memo | None = None
+) -> Prepared:
+    """A report as POSTed or as a ``.json``/``.json.gz`` file (``memo``:
+    see ``parse.Memo``)."""
     body = item.body
     try:
         data, quirks = report_json(body, settings.max_report_bytes)
         if labelled_gzip and not body.startswith(b"\x1f\x8b"):
             quirks = (*quirks, "gzip-label-plain-json")
-        rows = parse_rows(data, item.envelope, quirks)
+        rows = parse_rows(data, item.envelope, quirks, memo)
     except (TooLarge, BadPayload, Refused) as exc:
         return Prepared(item, outcome=REFUSED, reason=str(exc))
     return Prepared(item, rows)
 
 
-def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup) -> Prepared:
+def prepare_message(
+    item: Received, settings: TlsrptSettings, lookup: TxtLookup, memo: Memo | None = None
+) -> Prepared:
     """A whole message: from the MTA pipe, a ``.eml`` file or a Maildir."""
     data = item.body
     if len(data) > settings.max_report_bytes * 2:
@@ -97,7 +99,7 @@ def prepare_message(item: Received, settings: TlsrptSettings, lookup: TxtLookup)
         payload, quirks = report_json(found.payload, settings.max_report_bytes)
         if found.labelled_gzip and not found.payload.startswith(b"\x1f\x8b"):
             quirks = (*quirks, "gzip-label-plain-json")
-        rows = parse_rows(payload, envelope, (*quirks, *found.quirks))
+        rows = parse_rows(payload, envelope, (*quirks, *found.quirks), memo)
     except (TooLarge, BadPayload, Refused) as exc:
         return Prepared(item, outcome=REFUSED, reason=str(exc))
     if found.domain and found.domain.lower().rstrip(".") not in {p.domain for p in rows.policies}:
@@ -137,40 +139,67 @@ class Ingester:
 
     def commit(self, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
         """Store what ``prepare_*`` made of an input, in ``conn``'s transaction."""
-        return self.commit_rows(
-            conn, prepared.item, prepared.rows, prepared.outcome, prepared.reason
+        item = prepared.item
+        e = item.envelope
+        return self.commit_values(
+            conn,
+            (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter),
+            Arrival(item.body, item.received, item.size, item.sha256),
+            prepared.rows,
+            prepared.outcome,
+            prepared.reason,
         )
 
-    def commit_rows(
+    def commit_values(
         self,
         conn: sqlite3.Connection,
-        item: Received,
+        envelope: EnvelopeValues,
+        arrival: Arrival,
         report: ReportRows | None,
         outcome: str,
         reason: str,
+        known: set[Key] | None = None,
     ) -> Outcome:
-        """``commit`` of an input whose report (if any) is already rows, as
-        a worker process makes them."""
+        """``commit`` of an input as plain values, as a worker process sends
+        them. ``known``: the keys of reports stored already, when the caller
+        asked for a whole batch's at once (``Store.known``); a report stored
+        here joins them."""
+        store = self.store
+        source = envelope[:4]
         if outcome:
-            domains = _domains(report) if report is not None else []
-            self.store.add_raw(conn, item, outcome, reason, domains)
+            names = " ".join(_domains(report)) if report is not None else ""
+            store.add_raw_values(conn, source, *arrival, outcome, reason, names, None)
             if report is None:
                 return Outcome(outcome, reason)
             return Outcome(outcome, reason, report.organization, report.report_id)
         assert report is not None
-        return self._keep(conn, item, report)
-
-    def _keep(self, conn: sqlite3.Connection, item: Received, report: ReportRows) -> Outcome:
-        ours = tuple(p for p in report.policies if self.hosted(p.domain))
-        if report.policies and not ours:
-            domains = _domains(report)
-            reason = "no hosted domain: " + " ".join(domains)
-            self.store.add_raw(conn, item, FOREIGN, reason, domains)
+        policies = report.policies
+        hosted = self.hosted
+        ours: tuple[PolicyRows, ...]
+        if len(policies) == 1:  # most reports: no tuple to build
+            ours = policies if hosted(policies[0].domain) else ()
+        else:
+            ours = tuple(p for p in policies if hosted(p.domain))
+        if policies and not ours:
+            names = " ".join(_domains(report))
+            reason = "no hosted domain: " + names
+            store.add_raw_values(conn, source, *arrival, FOREIGN, reason, names, None)
             return Outcome(FOREIGN, reason, report.organization, report.report_id)
-        if len(ours) != len(report.policies):
+        if len(ours) != len(policies):
             report = cut(report, ours)
-        ties = [self.history.tie(policy, report.start) for policy in ours]
-        outcome = self.store.add_rows(conn, item, report, ties)
+        tie = self.history.tie
+        ties = [tie(policy, report.start) for policy in ours]
+        key = (report.organization, report.report_id)
+        if known is None:
+            new = not store.known(conn, [key])
+        else:
+            new = key not in known
+            known.add(key)
+        if new:
+            store.add_new(conn, source, arrival, report, ties)
+            return Outcome(STORED, "", report.organization, report.report_id)
+        item = Received(Envelope(*envelope), *arrival)
+        outcome = store.add_rows(conn, item, report, ties, new=False)
         return Outcome(outcome, "", report.organization, report.report_id)
 
 

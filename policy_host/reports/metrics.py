@@ -21,7 +21,7 @@ import sqlite3
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from policy_host.reports.model import OTHER, RESULT_TYPES, result_group, side
-from policy_host.reports.store import DAY, DUPLICATE, OUTCOMES
+from policy_host.reports.schema import DAY, DUPLICATE, OUTCOMES
 from policy_host.reports.summary import Limits, summarise
 
 PREFIX = "policy_host_tlsrpt_"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from policy_host.errors import PolicyHostError
 from policy_host.model import InvalidValue, hostname
@@ -56,6 +56,8 @@ QUIRKS = {
     "gzip-label-plain-json": "sent as gzip but is plain JSON",
 }
 
+T = TypeVar("T")
+
 _DATETIME = re.compile(
     r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*([Zz]|[+-]\d\d:?\d\d)?\Z"
 )
@@ -65,10 +67,26 @@ class Refused(PolicyHostError):
     """The report cannot be used; ``str()`` says why."""
 
 
-def parse_rows(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> ReportRows:
+class Memo:
+    """Date-times and domains as read, with the quirks each showed, for the
+    next report with the same text (a day's reports share a few date ranges
+    and name each tenant once per sender). Only what was read without
+    refusal, at most ``LIMIT`` of each kind."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.datetimes: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.domains: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def parse_rows(
+    data: bytes, envelope: Envelope, quirks: Iterable[str] = (), memo: Memo | None = None
+) -> ReportRows:
     """Parse RFC 8460 section 4 JSON straight into the rows the store
     inserts; ``Refused`` when it cannot be used. ``quirks``: those already
-    seen on the way (in the mail or the body)."""
+    seen on the way (in the mail or the body); ``memo``: one kept across
+    the reports of a batch (a fresh one when none is given)."""
     try:
         doc = json.loads(data)
     except UnicodeDecodeError:
@@ -77,7 +95,7 @@ def parse_rows(data: bytes, envelope: Envelope, quirks: Iterable[str] = ()) -> R
         raise Refused("JSON nested too deeply") from None
     except ValueError as exc:
         raise Refused(f"not JSON: {str(exc)[:100]}") from None
-    reader = _Reader(envelope)
+    reader = _Reader(envelope, memo)
     reader.quirks.update(quirks)
     return reader.report(doc)
 
@@ -94,9 +112,10 @@ class _Reader:
     anything else, because a day's reports run these loops millions of
     times (docs/performance.md)."""
 
-    def __init__(self, envelope: Envelope) -> None:
+    def __init__(self, envelope: Envelope, memo: Memo | None = None) -> None:
         self.envelope = envelope
         self.quirks: set[str] = set()
+        self.memo = Memo() if memo is None else memo
 
     def report(self, doc: object) -> ReportRows:
         if not isinstance(doc, dict):
@@ -177,8 +196,31 @@ class _Reader:
             return None
         return value.strip() if value is not None else None
 
+    def remembered(
+        self, table: dict[str, tuple[T, tuple[str, ...]]], value: str, read: Callable[[str], T]
+    ) -> T:
+        """``read(value)`` and the quirks it notes, from ``table`` when the
+        same text was read before (``Memo``)."""
+        known = table.get(value)
+        if known is None:
+            outer, self.quirks = self.quirks, set()
+            try:
+                known = (read(value), tuple(self.quirks))
+            finally:
+                self.quirks = outer
+            if len(table) < Memo.LIMIT:
+                table[value] = known
+        if known[1]:
+            self.quirks.update(known[1])
+        return known[0]
+
     def datetime(self, dates: Mapping[str, Any], key: str) -> float:
         value = dates.get(key)
+        if type(value) is str:
+            return self.remembered(self.memo.datetimes, value, lambda v: self._datetime(v, key))
+        return self._datetime(value, key)
+
+    def _datetime(self, value: object, key: str) -> float:
         match = _DATETIME.match(value.strip()) if isinstance(value, str) else None
         if match is None:
             raise Refused(f"date-range.{key}: expected an RFC 3339 date-time (got {value!r:.60})")
@@ -208,6 +250,9 @@ class _Reader:
         return int(value)
 
     def domain(self, value: str) -> str:
+        return self.remembered(self.memo.domains, value, self._domain)
+
+    def _domain(self, value: str) -> str:
         text = value.strip()
         if text != text.lower() or text.endswith("."):
             self.quirks.add("domain-case")

@@ -1,8 +1,8 @@
 """What one write transaction of the report store adds, held until it is
 inserted together.
 
-A report makes a ``raw`` row, a ``result`` row per policy and a ``detail``
-row per failure detail; a batch of files makes thousands. One ``executemany``
+A report makes a ``report`` row, a ``raw`` row, a ``result`` row per policy
+and a ``detail`` row per failure detail; a batch of files makes thousands. One ``executemany``
 per table costs less than an ``execute`` per row, so the rows wait here,
 with their ids given out in advance (the transaction holds the write lock
 from its start, so nobody else takes one), and are inserted when the
@@ -15,6 +15,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+REPORT_COLUMNS = (
+    "id, organization, report_id, contact, start, end, received, channel, verified, quirks, digest"
+)
 RAW_COLUMNS = (
     "id, received, channel, origin, verified, auth, outcome, reason, domains, body, packed, "
     "report, size, sha256, cut"
@@ -35,6 +38,7 @@ def _insert(table: str, columns: str) -> str:
 
 
 _INSERTS = (
+    ("report", _insert("report", REPORT_COLUMNS)),
     ("raw", _insert("raw", RAW_COLUMNS)),
     ("result", _insert("result", RESULT_COLUMNS)),
     ("detail", _insert("detail", DETAIL_COLUMNS)),

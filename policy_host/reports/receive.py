@@ -24,8 +24,9 @@ from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester
 from policy_host.reports.model import HTTPS, Envelope
 from policy_host.reports.policies import ServedHistory
+from policy_host.reports.schema import DUPLICATE, FOREIGN, REFUSED, STORED
 from policy_host.reports.sources import hosted_domains
-from policy_host.reports.store import DUPLICATE, FOREIGN, REFUSED, STORED, Store
+from policy_host.reports.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from policy_host.reports.ingest import Ingester, Outcome
 from policy_host.reports.mail import parse_filename
 from policy_host.reports.model import FILE, MAIL, Envelope
 from policy_host.reports.policies import ServedHistory
-from policy_host.reports.store import REFUSED, Received, Store
+from policy_host.reports.schema import REFUSED
+from policy_host.reports.store import Received, Store
 
 REPORT_ENDINGS = (".json", ".json.gz", ".gz", ".json.gzip")
 MESSAGE_ENDINGS = (".eml", ".msg")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from policy_host.reports.model import OUR_SIDE, result_group
-from policy_host.reports.store import DAY
+from policy_host.reports.schema import DAY
 
 _OURS = tuple(sorted(OUR_SIDE))
 

@@ -1,0 +1,78 @@
+"""CPU time per report of each side of ``reports ingest``, measured apart.
+
+``reports_ingest_cpu.py`` runs the two sides together, so on a shared
+machine each one's CPU time moves with the other's and with everyone
+else's load. Here each side runs alone in this process, several rounds,
+and the least CPU time counts: the workers' part (``prepare_packed`` and
+pickling, chunk by chunk, as a worker sends them) and the storing part
+(``batch.store_packed`` over those chunks, unpickled as the parent
+unpickles them, into a fresh store each round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+import time
+
+from benchlib import ROOT, workdir, write_provider
+from reports_bench import DAY, write_day
+
+sys.path.insert(0, str(ROOT))
+
+from policy_host.read.config import load_config
+from policy_host.reports import batch
+from policy_host.reports.sources import make_ingester, message_cap
+from policy_host.reports.store import Store
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--reports", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    n = args.reports
+    with workdir("reports-store-cpu-") as root:
+        config_path = write_provider(
+            root, args.tenants, "tlsrpt:\n  rua: [https://tlsrpt.provider.example/v1/report]\n"
+        )
+        config = load_config(config_path)
+        write_day(root / "day", args.tenants, n, int(time.time()) // DAY * DAY - DAY)
+        listed = list(batch.sources([root / "day"]))
+        step = batch.INPUTS_PER_MESSAGE
+        preparing, storing, walls = [], [], []
+        blobs: list[bytes] = []
+        for _ in range(args.rounds):
+            # A fresh job each round: its memo is a worker's, which starts empty.
+            job = batch.Job(
+                config.tlsrpt, config.dns.resolver, config.dns.timeout, message_cap(config)
+            )
+            began = time.process_time()
+            blobs = [
+                pickle.dumps([batch.prepare_packed(job, s) for s in listed[i : i + step]])
+                for i in range(0, n, step)
+            ]
+            preparing.append(time.process_time() - began)
+        for round_ in range(args.rounds):
+            with Store(root / f"store-{round_}.sqlite3") as store:
+                ingester = make_ingester(config, store)
+                chunks = (pickle.loads(blob) for blob in blobs)
+                began, wall = time.process_time(), time.perf_counter()
+                counts = batch.store_packed(
+                    ingester, (p for chunk in chunks for p in chunk), lambda *_: None
+                )
+                storing.append(time.process_time() - began)
+                walls.append(time.perf_counter() - wall)
+            assert counts == {"stored": n}, counts
+    print(f"per report, least of {args.rounds} rounds: workers' part "
+          f"{min(preparing) / n * 1e6:.1f} us, storing {min(storing) / n * 1e6:.1f} us "
+          f"(storing wall {min(walls):.2f}-{max(walls):.2f} s); "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
