@@ -16,10 +16,11 @@ parse at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
@@ -248,29 +249,45 @@ def served_policies(
 
 def read_served(path: Path) -> tuple[dict[str, bytes], str] | None:
     """``mta-sts.<domain>`` -> body from the snapshot at ``path``, and the
-    snapshot's id: what the web workers need, and no more. The file is read
-    a line (a tenant) at a time, so a worker building a new table holds the
-    old table, the new one and one line, never the whole text or its parse
-    (docs/performance.md)."""
+    snapshot's id (``served_rows`` into a dict)."""
+    with served_rows(path) as found, gc_paused():
+        if found is None:
+            return None
+        snapshot_id, rows = found
+        return dict(rows), snapshot_id
+
+
+@contextlib.contextmanager
+def served_rows(path: Path) -> Iterator[tuple[str, Iterator[tuple[str, bytes]]] | None]:
+    """The snapshot at ``path`` as its id and its ``(mta-sts.<domain>,
+    body)`` pairs, in the file's (domain) order; ``None`` if there is none.
+    The file is read a line (a tenant) at a time, so a reader never holds
+    the whole text or its parse (docs/performance.md); a broken line raises
+    ``PolicyHostError`` when the pairs reach it."""
     try:
-        with open(path, encoding="ascii") as handle, gc_paused():
-            return _read_lines(path, handle)
+        handle = open(path, encoding="ascii")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
-        return None
+        yield None
+        return
+    except OSError as exc:
+        raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
+    with handle:
+        try:
+            first = handle.readline()
+        except (OSError, ValueError) as exc:  # UnicodeError
+            raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
+        yield _header_id(path, first), _rows(path, handle)
+
+
+def _rows(path: Path, handle: TextIO) -> Iterator[tuple[str, bytes]]:
+    try:
+        for line in handle:
+            if line == _FOOTER:
+                return
+            domain, body = _entry(line)
+            yield POLICY_HOST_PREFIX + domain, body
     except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeError
         raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise PolicyHostError(f"{path}: not a policy-host snapshot: {exc!r}") from exc
-
-
-def _read_lines(path: Path, handle: TextIO) -> tuple[dict[str, bytes], str]:
-    snapshot_id = _header_id(path, handle.readline())
-    policies: dict[str, bytes] = {}
-    for line in handle:
-        if line == _FOOTER:
-            return policies, snapshot_id
-        domain, body = _entry(line)
-        policies[POLICY_HOST_PREFIX + domain] = body
     raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: it ends early")
 
 
