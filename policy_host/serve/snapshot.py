@@ -3,13 +3,13 @@
 The compile (``compiler.compile_snapshot``) reads the tenants folder and
 merges the result with the previous snapshot (``merge``): a tenant whose
 file is broken keeps the policy it had, so a typo never replaces a working
-policy with nothing. The server's workers only read the snapshot (one JSON
-file), so they start fast and never parse YAML; the gunicorn master
-rewrites it on start and on every reload.
+policy with nothing. The server's workers never parse YAML: they read the
+database made from the snapshot (``store``); the gunicorn master rewrites
+the snapshot on start and on every reload.
 
 Each snapshot has a random ``id``; the change journal beside it
-(``journal``) takes a worker from one id to the next without reading the
-whole snapshot. The snapshot is JSON with one tenant per line, so that a
+(``journal``) takes the database from one id to the next without reading
+the whole snapshot. The snapshot is JSON with one tenant per line, so that a
 worker can read it line by line instead of holding the whole text and its
 parse at once.
 """
@@ -229,9 +229,8 @@ def served_policies(
     """What the workers serve: ``read_served`` with the journal's steps
     since the snapshot applied (``with_steps``, ``until``); the file's part is kept in
     ``memo`` for the next call while the file is the same. For the control
-    plane: the mapping must not be changed. (The web workers call
-    ``read_served`` and follow the journal themselves: keeping a second
-    table would double their memory.)"""
+    plane: the mapping must not be changed. (The web workers read the
+    database ``store`` keeps at the same place.)"""
     if memo is None:
         found = read_served(path)
         return with_steps(path, *found, until) if found is not None else None
