@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the policy server (gunicorn)",
         description="Run gunicorn serving /.well-known/mta-sts.txt for every tenant. It compiles "
         "the tenants on start; later changes go live with 'policy-host reload' or 'apply' (the "
-        "workers read the served-policy database they update). A broken tenant file keeps its "
-        "last good policy. SIGHUP to the master recompiles and replaces the workers: for code upgrades.",
+        "workers read the served-policy database they update). A broken tenant file keeps "
+        "its last good policy. SIGHUP to the master recompiles and replaces the workers: for "
+        "code upgrades.",
     )
     p.add_argument(
         "--bind", type=_bind_arg, metavar="HOST:PORT", help="listen address (or unix:PATH)"
