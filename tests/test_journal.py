@@ -45,11 +45,12 @@ def table_at(config: ProviderConfig) -> web.PolicyTable:
     return table
 
 
-def no_whole_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path) -> object:
-        raise AssertionError(f"{path} was read whole")
+def refuse_whole_reads(path: Path) -> object:
+    raise AssertionError(f"{path} was read whole")
 
-    monkeypatch.setattr(store, "served_rows", refuse)
+
+def no_whole_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "served_rows", refuse_whole_reads)
 
 
 def whole_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -131,8 +132,15 @@ def test_a_compile_that_died_before_its_snapshot_is_served_then_superseded(
     assert b"max_age: 1209600\r\n" in changed
     assert table.refresh() is True
     assert table.get("mta-sts.example.com") == changed  # what nginx serves too
-    # A worker started now with no database (a new node) builds it from
-    # the snapshot on disk and the journal's step, on its first look.
+    # A worker started now serves it too, without reading the snapshot
+    # whole (the database the others read already took the step) ...
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "served_rows", refuse_whole_reads)
+        started = web.PolicyTable(config.snapshot_path)
+        started.refresh()
+        assert started.get("mta-sts.example.com") == changed
+    # ... and one with no database (a new node) builds it from the
+    # snapshot on disk and the journal's step, on its first look.
     served = dict(table.policies)
     database = store.database_path(config.snapshot_path)
     database.unlink()
