@@ -19,7 +19,6 @@ from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.incremental import compile_changed, tenant_names
 from policy_host.serve.journal import JOURNAL_NAME, read_journal
 from policy_host.serve.snapshot import (
-    read_served,
     read_snapshot,
     served_id,
     served_policies,
@@ -38,9 +37,11 @@ def edit(config: ProviderConfig, name: str, old: str, new: str) -> Path:
 
 
 def worker(config: ProviderConfig) -> web.PolicyTable:
-    served = read_served(config.snapshot_path)
-    assert served is not None
-    return web.PolicyTable(served[0], config.snapshot_path, served[1])
+    """A worker's table serving the snapshot now on disk."""
+    table = web.PolicyTable(config.snapshot_path)
+    table.refresh()
+    assert table.snapshot_id == served_id(config.snapshot_path)
+    return table
 
 
 def test_one_changed_file_goes_live_without_the_snapshot_being_written(

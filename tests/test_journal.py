@@ -14,7 +14,7 @@ from support.layout import GOLDEN
 
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig
-from policy_host.serve import compiler, web
+from policy_host.serve import compiler, store, web
 from policy_host.serve import journal as journals
 from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.journal import JOURNAL_NAME, read_journal, write_journal
@@ -23,34 +23,45 @@ from policy_host.serve.snapshot import (
     Snapshot,
     read_served,
     read_snapshot,
+    served_rows,
     snapshot_id,
     write_snapshot,
 )
 
 
+@pytest.fixture(autouse=True)
+def workers_catch_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiles here leave the database to the workers, as on a serving
+    node (the snapshot and journal arrive by push): each worker's watcher
+    brings it up to them (``store.catch_up``)."""
+    monkeypatch.setattr(compiler, "keep_up", lambda *args, **kwargs: None)
+
+
 def table_at(config: ProviderConfig) -> web.PolicyTable:
-    """A worker's table holding the snapshot now on disk."""
-    served = read_served(config.snapshot_path)
-    assert served is not None
-    return web.PolicyTable(served[0], config.snapshot_path, served[1])
+    """A worker's table serving the snapshot now on disk."""
+    table = web.PolicyTable(config.snapshot_path)
+    table.refresh()
+    assert table.snapshot_id == snapshot_id(config.snapshot_path)
+    return table
+
+
+def refuse_whole_reads(path: Path) -> object:
+    raise AssertionError(f"{path} was read whole")
 
 
 def no_whole_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path) -> object:
-        raise AssertionError(f"{path} was read whole")
-
-    monkeypatch.setattr(web, "read_served", refuse)
+    monkeypatch.setattr(store, "served_rows", refuse_whole_reads)
 
 
 def whole_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The snapshots a worker reads whole from now on."""
+    """The snapshots read whole (into a new database) from now on."""
     reads: list[Path] = []
 
-    def counted(path: Path) -> tuple[dict[str, bytes], str] | None:
+    def counted(path: Path) -> object:
         reads.append(path)
-        return read_served(path)
+        return served_rows(path)
 
-    monkeypatch.setattr(web, "read_served", counted)
+    monkeypatch.setattr(store, "served_rows", counted)
     return reads
 
 
@@ -121,14 +132,27 @@ def test_a_compile_that_died_before_its_snapshot_is_served_then_superseded(
     assert b"max_age: 1209600\r\n" in changed
     assert table.refresh() is True
     assert table.get("mta-sts.example.com") == changed  # what nginx serves too
-    # A worker started now (it reads the snapshot on disk) gets there too,
-    # from the journal, on its first look.
-    no_whole_reads(monkeypatch)
-    late = table_at(config)
-    assert late.get("mta-sts.example.com") != changed
+    # A worker started now serves it too, without reading the snapshot
+    # whole (the database the others read already took the step) ...
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "served_rows", refuse_whole_reads)
+        started = web.PolicyTable(config.snapshot_path)
+        started.refresh()
+        assert started.get("mta-sts.example.com") == changed
+    # ... and one with no database (a new node) builds it from the
+    # snapshot on disk and the journal's step, on its first look.
+    served = dict(table.policies)
+    database = store.database_path(config.snapshot_path)
+    database.unlink()
+    late = web.PolicyTable(config.snapshot_path)
+    assert late.get("mta-sts.example.com") is None
+    reads = whole_reads(monkeypatch)
     assert late.refresh() is True
-    assert dict(late.policies) == dict(table.policies)
+    assert reads == [config.snapshot_path]
+    assert late.get("mta-sts.example.com") == changed
+    assert dict(late.policies) == served
     monkeypatch.undo()
+    monkeypatch.setattr(compiler, "keep_up", lambda *args, **kwargs: None)
 
     # The next compile starts from the snapshot on disk: the orphan step is
     # dropped and the worker, whose id is now in no journal, reads it whole.
@@ -162,12 +186,13 @@ def test_a_worker_that_read_a_snapshot_while_a_compile_replaced_it_catches_up(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compile_snapshot(config)
-    served = read_served(config.snapshot_path)  # a starting worker reads...
-    assert served is not None
+    table = web.PolicyTable(config.snapshot_path)  # a starting worker...
+    table_at(config)  # (the database another worker made)
+    held = table.snapshot_id
     edit(config, "example.com", "604800", "1209600")
     after = compile_snapshot(config).snapshot  # ...while a compile writes
-    table = web.PolicyTable(served[0], config.snapshot_path, served[1])
     no_whole_reads(monkeypatch)
+    assert held == table.snapshot_id != after.id
     assert table.refresh() is True  # its first look sees the journal's step
     assert dict(table.policies) == after.policies_by_host()
     assert table.refresh() is False
@@ -258,7 +283,7 @@ def test_a_worker_always_catches_up_with_the_snapshot(
     try:
         on_disk = Snapshot({}, "")
         write_snapshot(path, on_disk)
-        table = web.PolicyTable({}, path, "")
+        table = web.PolicyTable(path)
         journal_head: dict[str, bytes] = {}
         for policies, snapshot_fails, tick in history:
             new = Snapshot({host[len("mta-sts.") :]: Entry(b, "s") for host, b in policies.items()})

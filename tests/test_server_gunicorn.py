@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from support.procs import Daemon, free_port, wait_until
 
+from policy_host.serve.snapshot import served_id
 from policy_host.serve.web import WATCH_INTERVAL
 
 TESTS = Path(__file__).resolve().parent
@@ -541,6 +542,8 @@ def test_live_policy_change_fails_no_request(tmp_path: Path, serve_args: tuple[s
         thread = threading.Thread(target=sender.run, name="sender", daemon=True)
         thread.start()
         workers = server.workers()
+        database = site.snapshot.with_name("served.sqlite3")
+        built = os.readlink(database)
         try:
             wait_until(lambda: len(sender.outcomes) >= 20, 5.0, what="the first requests")
             tenant = site.tenant("example.com")
@@ -552,10 +555,13 @@ def test_live_policy_change_fails_no_request(tmp_path: Path, serve_args: tuple[s
         assert not thread.is_alive(), "the sender did not stop"
         server.daemon.check_alive()
         assert server.workers() == workers, "the change must go live without restarting workers"
-        # Every worker took the one change from the journal instead of
-        # reading the whole snapshot again.
+        # The one change went into the database the workers read as a
+        # journal step (the same database: none was built from the whole
+        # snapshot again), and every worker serves it.
+        assert os.readlink(database) == built
         log = server.daemon.log_path.read_text(errors="replace")
-        assert log.count("serving 3 policies (1 changed)") == len(workers), server.daemon.log_tail()
+        new_id = served_id(site.snapshot)
+        assert log.count(f"serving snapshot {new_id}") == len(workers), server.daemon.log_tail()
 
     outcomes = sender.outcomes
     bad = [

@@ -11,7 +11,7 @@ from support.layout import GOLDEN
 from policy_host.errors import PolicyHostError
 from policy_host.read.config import ProviderConfig
 from policy_host.serve.compiler import compile_snapshot
-from policy_host.serve.snapshot import read_served, read_snapshot
+from policy_host.serve.snapshot import read_snapshot
 
 
 def test_compile_writes_every_valid_tenant(config: ProviderConfig) -> None:
@@ -75,10 +75,16 @@ def test_snapshot_write_leaves_no_temporary_files(config: ProviderConfig) -> Non
     # (the parse cache is only written for files older than a few seconds)
     assert sorted(p.name for p in config.state_dir.iterdir()) == [
         "served.changes.json",
+        "served.db",
         "served.json",
+        "served.sqlite3",
         "www",
     ]
     assert [p.name for p in (config.www_dir / ".tmp").iterdir()] == ["lock"]
+    # One database, the one the link names (its log gone with its last
+    # connection), and the catch-up's lock.
+    database = (config.state_dir / "served.sqlite3").resolve()
+    assert sorted(p.name for p in database.parent.iterdir()) == sorted([database.name, "lock"])
 
 
 def test_corrupt_snapshot_is_a_clear_error(tmp_path: Path) -> None:
@@ -99,24 +105,29 @@ def test_unreadable_tenants_folder_keeps_every_policy(config: ProviderConfig) ->
 def test_worker_retries_a_snapshot_it_could_not_read(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from policy_host.serve import web
+    from policy_host.serve import compiler, store, web
+    from policy_host.serve.snapshot import served_rows
 
+    # As on a serving node: the workers make the database themselves.
+    monkeypatch.setattr(compiler, "keep_up", lambda *args, **kwargs: None)
     compile_snapshot(config)
-    table = web.PolicyTable({}, config.snapshot_path)
+    table = web.PolicyTable(config.snapshot_path)
     (config.tenants_dir / "example.org.yaml").unlink()
-    # A new snapshot the worker has not loaded yet, and no journal to take
-    # it from (its id, "", is in none).
+    # A new snapshot the worker has not loaded yet, and no database to
+    # take the journal's step in.
     compile_snapshot(config)
     failures = iter([PolicyHostError("transient read error")])
 
     def flaky_read(path: Path) -> object:
         for exc in failures:
             raise exc
-        return read_served(path)
+        return served_rows(path)
 
-    monkeypatch.setattr(web, "read_served", flaky_read)
+    monkeypatch.setattr(store, "served_rows", flaky_read)
     assert table.refresh() is False  # the read failed ...
+    assert table.load_error == "transient read error"  # (what apply is told)
     assert table.refresh() is True  # ... and the same file is tried again
+    assert table.load_error is None
     assert table.get("mta-sts.example.com") == (GOLDEN / "example.com.txt").read_bytes()
     assert table.get("mta-sts.example.org") is None
 

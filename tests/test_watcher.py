@@ -14,7 +14,7 @@ from inotify_simple import flags
 
 from policy_host.read.config import ProviderConfig
 from policy_host.serve import web
-from policy_host.serve.snapshot import read_served, snapshot_id
+from policy_host.serve.snapshot import snapshot_id
 from policy_host.serve.watcher import Watcher, batch_of
 
 HOST = "mta-sts.example.com"
@@ -47,9 +47,7 @@ def watching(config: ProviderConfig) -> Iterator[Watcher]:
 def test_a_written_file_is_served_by_nginx_and_the_workers(
     config: ProviderConfig, watching: Watcher
 ) -> None:
-    served = read_served(config.snapshot_path)
-    assert served is not None
-    table = web.PolicyTable(served[0], config.snapshot_path, served[1])
+    table = web.PolicyTable(config.snapshot_path)
     path = config.tenants_dir / "example.com.yaml"
     path.write_text(path.read_text().replace("604800", "1209600"))
     www = config.www_dir / HOST

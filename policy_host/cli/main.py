@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the policy server (gunicorn)",
         description="Run gunicorn serving /.well-known/mta-sts.txt for every tenant. It compiles "
         "the tenants on start; later changes go live with 'policy-host reload' or 'apply' (the "
-        "workers swap to the new snapshot in memory). A broken tenant file keeps its last good "
-        "policy. SIGHUP to the master recompiles and replaces the workers: for code upgrades.",
+        "workers read the served-policy database they update). A broken tenant file keeps "
+        "its last good policy. SIGHUP to the master recompiles and replaces the workers: for "
+        "code upgrades.",
     )
     p.add_argument(
         "--bind", type=_bind_arg, metavar="HOST:PORT", help="listen address (or unix:PATH)"
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="make tenant changes live in the running server",
         description="Compile the tenants into the served-policy snapshot; the running server's "
-        "workers swap to it in memory within a second, with no restart and no failed request. "
+        "workers serve it within a second, with no restart and no failed request. "
         "Broken tenants keep their last good policy. Exit 1 if any tenant has an error (the "
         "others still go live), 3 if no server is running. 'policy-host apply' does this too, "
         "and also rotates the published ids.",

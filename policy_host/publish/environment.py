@@ -120,7 +120,8 @@ class Environment:
 
 def settle_time(watch_interval: float) -> float:
     """How long after a compile every worker watching every
-    ``watch_interval`` seconds has swapped: one look may fall just before
+    ``watch_interval`` seconds serves it, should the compile have left its
+    database to them (``store.keep_up``): one look may fall just before
     the snapshot is replaced, the next one sees it."""
     return 2 * watch_interval
 
@@ -146,9 +147,9 @@ def real_environment(config: ProviderConfig) -> Environment:
 
     def reload(result: LoadResult, force: bool) -> ChangedDomains | None:
         # As `policy-host reload` does: the snapshot (tenant files as this
-        # run validated them + apply state) is rewritten and every worker
-        # swaps it in memory (WATCH_INTERVAL), without a restart; the server
-        # must be running for that.
+        # run validated them + apply state) is rewritten and so is the
+        # database every worker reads, without a restart; the server must
+        # be running for that.
         def proceed(changed: dict[str, bytes | None]) -> bool:
             if not changed and not force:
                 return False

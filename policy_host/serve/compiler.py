@@ -4,9 +4,10 @@ The compile merges what the tenant files say with what was served before
 (a broken file keeps its last good policy) and with the apply state (a
 tenant without a file: ``state.fallback_policies``), then writes, in this
 order, the policy files nginx serves (``files``), the change journal
-(``journal``) and the snapshot the workers serve (``snapshot``), all under
-one lock. The gunicorn master compiles on start and on ``SIGHUP``; `reload`
-and `apply` compile from the command line.
+(``journal``) and the snapshot (``snapshot``), all under one lock, then
+brings the database the workers read up to them (``store``). The gunicorn
+master compiles on start and on ``SIGHUP``; `reload` and `apply` compile
+from the command line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from policy_host.serve.snapshot import (
     served_policies,
     write_snapshot,
 )
+from policy_host.serve.store import keep_up
 from policy_host.state import fallback_policies
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,9 @@ def _compile(
             f"{config.snapshot_path}: cannot write the served-policy snapshot: {exc}"
         ) from exc
     static.done(config.www_dir)
+    # The workers read the database made from the snapshot: it follows
+    # at once (a journal step, or a new database when there is none).
+    keep_up(config.snapshot_path, (wanted, snapshot.id))
     result.save_cache()  # last: the policies are live already
     log.info(
         "compiled %d policies from %d tenant files (%d problems, %d kept at last good)",

@@ -7,8 +7,8 @@ the snapshot; docs/performance.md). Told which files changed (`reload
 this reads those files only, takes what is served for their hosts from the
 policy files nginx serves (the same compile writes both), and writes, under
 the same lock and in the same order as a full compile: the changed policy
-files, then one journal step, which every worker applies
-(``web.PolicyTable``). The snapshot is not written again: its steps stay in
+files, then one journal step, which goes into the database the workers
+read (``store``) at once. The snapshot is not written again: its steps stay in
 the journal (``journal.JOURNAL_PINNED_STEPS``) until the next full compile,
 and every reader of what is served applies them (``snapshot.served_policies``).
 
@@ -51,6 +51,7 @@ from policy_host.serve.snapshot import (
     new_snapshot_id,
     snapshot_id,
 )
+from policy_host.serve.store import keep_up
 from policy_host.state import fallback_policies
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def _write(
     except OSError as exc:
         raise PolicyHostError(f"{journal_file}: cannot write the change journal: {exc}") from exc
     static.done(www)
+    keep_up(config.snapshot_path)  # the step, into the database the workers read
 
 
 def problems_of(named: Named) -> list[Problem]:

@@ -1,12 +1,13 @@
 """The change journal: what the last few compiles changed, beside the snapshot.
 
-Each step goes from its parent snapshot's id to its own: a worker serving
-the parent applies the step instead of reading the whole snapshot again
-(with 100,000 tenants that is 33 MB of JSON, a few tenths of a second and a
-second table in memory while it is read). The journal is written before
-the snapshot (and after the policy files nginx serves), so its head is the
-snapshot on disk or a newer one; a worker the journal cannot bring from
-what it holds to the snapshot on disk reads the snapshot.
+Each step goes from its parent snapshot's id to its own: the database the
+workers read (``store``), holding the parent, takes the step in one
+transaction instead of being built again from the whole snapshot (at
+1,000,000 tenants 329 MB of JSON and seconds). The journal is written
+before the snapshot (and after the policy files nginx serves), so its head
+is the snapshot on disk or a newer one; a database the journal cannot bring
+from what it holds to the snapshot on disk is built again from the
+snapshot. Serving nodes get the journal with the snapshot.
 """
 
 from __future__ import annotations

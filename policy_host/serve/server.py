@@ -1,9 +1,9 @@
 """Run the app under gunicorn, and make tenant changes go live.
 
 A change goes live by rewriting the served-policy snapshot (``go_live``),
-together with the policy files nginx serves by itself (``static``): every
-worker watches the snapshot and swaps its table in memory within
-``WATCH_INTERVAL`` seconds (``web``), so no worker restarts and no request fails.
+together with the policy files nginx serves by itself (``static``) and the
+database every worker reads (``store``): no worker restarts and no request
+fails.
 The gunicorn master also compiles the snapshot when it starts (beside the
 workers, when a snapshot from an earlier run exists) and on ``SIGHUP``;
 ``SIGHUP`` additionally replaces the workers (gunicorn's graceful reload),
@@ -27,6 +27,7 @@ from policy_host.read.tenants import LoadResult, default_jobs
 from policy_host.serve.compiler import ChangedHosts, Compiled, compile_snapshot
 from policy_host.serve.pidfile import running_pid as running_pid
 from policy_host.serve.snapshot import SnapshotMemo
+from policy_host.serve.store import keep_up
 from policy_host.serve.web import WATCH_INTERVAL, create_app
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,12 @@ class PolicyServer(BaseApplication):  # type: ignore[misc]
         # restart is what apply last verified. Without one, compile first,
         # in a process per core (gunicorn has no signal handlers yet, so
         # nothing else reaps those children).
-        if self.pushed:
-            return
-        if self.config.snapshot_path.exists():
-            self._compile_later = True
+        if self.pushed or self.config.snapshot_path.exists():
+            # The database the workers read, before they start: a worker
+            # never builds it at start (gunicorn's timeout), only its
+            # watcher does (store.catch_up).
+            keep_up(self.config.snapshot_path)
+            self._compile_later = not self.pushed
             return
         recompile(self.config.path, self.config, jobs=default_jobs())
 

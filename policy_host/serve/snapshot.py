@@ -3,23 +3,24 @@
 The compile (``compiler.compile_snapshot``) reads the tenants folder and
 merges the result with the previous snapshot (``merge``): a tenant whose
 file is broken keeps the policy it had, so a typo never replaces a working
-policy with nothing. The server's workers only read the snapshot (one JSON
-file), so they start fast and never parse YAML; the gunicorn master
-rewrites it on start and on every reload.
+policy with nothing. The server's workers never parse YAML: they read the
+database made from the snapshot (``store``); the gunicorn master rewrites
+the snapshot on start and on every reload.
 
 Each snapshot has a random ``id``; the change journal beside it
-(``journal``) takes a worker from one id to the next without reading the
-whole snapshot. The snapshot is JSON with one tenant per line, so that a
+(``journal``) takes the database from one id to the next without reading
+the whole snapshot. The snapshot is JSON with one tenant per line, so that a
 worker can read it line by line instead of holding the whole text and its
 parse at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
@@ -228,9 +229,8 @@ def served_policies(
     """What the workers serve: ``read_served`` with the journal's steps
     since the snapshot applied (``with_steps``, ``until``); the file's part is kept in
     ``memo`` for the next call while the file is the same. For the control
-    plane: the mapping must not be changed. (The web workers call
-    ``read_served`` and follow the journal themselves: keeping a second
-    table would double their memory.)"""
+    plane: the mapping must not be changed. (The web workers read the
+    database ``store`` keeps at the same place.)"""
     if memo is None:
         found = read_served(path)
         return with_steps(path, *found, until) if found is not None else None
@@ -248,29 +248,45 @@ def served_policies(
 
 def read_served(path: Path) -> tuple[dict[str, bytes], str] | None:
     """``mta-sts.<domain>`` -> body from the snapshot at ``path``, and the
-    snapshot's id: what the web workers need, and no more. The file is read
-    a line (a tenant) at a time, so a worker building a new table holds the
-    old table, the new one and one line, never the whole text or its parse
-    (docs/performance.md)."""
+    snapshot's id (``served_rows`` into a dict)."""
+    with served_rows(path) as found, gc_paused():
+        if found is None:
+            return None
+        snapshot_id, rows = found
+        return dict(rows), snapshot_id
+
+
+@contextlib.contextmanager
+def served_rows(path: Path) -> Iterator[tuple[str, Iterator[tuple[str, bytes]]] | None]:
+    """The snapshot at ``path`` as its id and its ``(mta-sts.<domain>,
+    body)`` pairs, in the file's (domain) order; ``None`` if there is none.
+    The file is read a line (a tenant) at a time, so a reader never holds
+    the whole text or its parse (docs/performance.md); a broken line raises
+    ``PolicyHostError`` when the pairs reach it."""
     try:
-        with open(path, encoding="ascii") as handle, gc_paused():
-            return _read_lines(path, handle)
+        handle = open(path, encoding="ascii")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
-        return None
+        yield None
+        return
+    except OSError as exc:
+        raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
+    with handle:
+        try:
+            first = handle.readline()
+        except (OSError, ValueError) as exc:  # UnicodeError
+            raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
+        yield _header_id(path, first), _rows(path, handle)
+
+
+def _rows(path: Path, handle: TextIO) -> Iterator[tuple[str, bytes]]:
+    try:
+        for line in handle:
+            if line == _FOOTER:
+                return
+            domain, body = _entry(line)
+            yield POLICY_HOST_PREFIX + domain, body
     except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeError
         raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: {exc}") from exc
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise PolicyHostError(f"{path}: not a policy-host snapshot: {exc!r}") from exc
-
-
-def _read_lines(path: Path, handle: TextIO) -> tuple[dict[str, bytes], str]:
-    snapshot_id = _header_id(path, handle.readline())
-    policies: dict[str, bytes] = {}
-    for line in handle:
-        if line == _FOOTER:
-            return policies, snapshot_id
-        domain, body = _entry(line)
-        policies[POLICY_HOST_PREFIX + domain] = body
     raise PolicyHostError(f"{path}: cannot read the served-policy snapshot: it ends early")
 
 

@@ -1,14 +1,14 @@
 """The one view: ``/.well-known/mta-sts.txt`` answered by the Host header.
 
-Policies are a dict in memory (``mta-sts.<domain>`` -> bytes), filled once
-when the app is made; a request only normalises its Host and looks it up.
+A request normalises its Host and looks it up in the served-policy
+database (``table.PolicyTable``: one point query, nothing held in the
+worker).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from policy_host.errors import PolicyHostError
-from policy_host.fileio import Identity, identity_if_readable
 from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig, config_path, load_config
-from policy_host.serve.journal import Journal, journal_path, read_journal
-from policy_host.serve.snapshot import read_served, snapshot_id
+from policy_host.serve.snapshot import snapshot_id
+from policy_host.serve.table import FixedPolicies, Policies
+from policy_host.serve.table import PolicyTable as PolicyTable
 from policy_host.serve.workerinfo import SNAPSHOT_PATH as SNAPSHOT_PATH
 from policy_host.serve.workerinfo import WATCH_INTERVAL as WATCH_INTERVAL
 
@@ -92,7 +91,7 @@ class PolicyFastPath:
     served (``tests/test_web_fastpath.py`` compares the two).
     """
 
-    def __init__(self, table: PolicyTable, app: WSGIApplication) -> None:
+    def __init__(self, table: Policies, app: WSGIApplication) -> None:
         self.table = table
         self.app = app
 
@@ -118,134 +117,6 @@ def _plain(status: int, text: str) -> Response:
     return Response(text + "\n", status=status, mimetype="text/plain")
 
 
-class PolicyTable:
-    """``mta-sts.<domain>`` -> bytes, swapped whole when the snapshot changes.
-
-    Requests only do a dict lookup. A watcher thread looks at the identity
-    (inode, mtime, size) of the snapshot and of its change journal every
-    ``interval`` seconds. When the journal has steps from the snapshot this
-    table holds, they are applied to a copy of the table; otherwise, when the
-    snapshot is one this table does not hold, it is read whole (see
-    ``snapshot``). Either way the dict is replaced in one assignment, so a
-    request sees the old table or the new one, never a mix, and no worker has
-    to restart for a change to go live.
-    """
-
-    def __init__(
-        self, policies: Mapping[str, bytes], path: Path | None = None, snapshot_id: str = ""
-    ) -> None:
-        self.policies: Mapping[str, bytes] = dict(policies)
-        self.path = path
-        self.journal_path = journal_path(path) if path is not None else None
-        self.snapshot_id = snapshot_id
-        # Unknown until the first look: a compile may have written the
-        # journal (and the snapshot) while ``policies`` were being read, or
-        # died between the two; the first tick catches up either way.
-        self._stamp: Identity | None = None
-        self._journal_stamp: Identity | None = None
-        self._failed: object = None
-        # Why the snapshot on disk could not be loaded (None: it was).
-        self.load_error: str | None = None
-        self._failed_journal: object = None
-        # Seconds between looks, once ``watch`` runs.
-        self.watch_interval: float | None = None
-        self._stopping = threading.Event()
-
-    def get(self, host: str) -> bytes | None:
-        return self.policies.get(host)
-
-    def refresh(self) -> bool:
-        """Catch up with the snapshot and journal if either changed; True
-        when the table was swapped."""
-        if self.path is None or self.journal_path is None:
-            return False
-        stamp = identity_if_readable(self.path)
-        journal_stamp = identity_if_readable(self.journal_path)
-        if (stamp, journal_stamp) == (self._stamp, self._journal_stamp):
-            return False
-        journal = self._journal(journal_stamp)
-        try:
-            policies, current, whole = self.policies, self.snapshot_id, False
-            steps = journal.since(current) if journal is not None else None
-            if steps is None or stamp != self._stamp:
-                # The snapshot on disk, when the journal does not lead to
-                # it (or to anything) from here: read it whole. ("" is the
-                # id of a table made before any snapshot was read.)
-                on_disk = snapshot_id(self.path)
-                if (
-                    on_disk is not None
-                    and (on_disk != current or not on_disk)
-                    and not (journal is not None and journal.reaches(current, on_disk))
-                ):
-                    served = read_served(self.path)
-                    if served is not None:
-                        (policies, current), whole = served, True
-                        steps = journal.since(current) if journal is not None else None
-        except PolicyHostError as exc:
-            # Keep the old stamps so the next tick tries again: a worker that
-            # gave up here would serve old bytes under a newly published id
-            # (`apply` asks every worker, SNAPSHOT_PATH, and stops first).
-            self.load_error = str(exc)
-            if (stamp, journal_stamp) != self._failed:
-                log.exception(
-                    "cannot load the new snapshot; still serving the previous policies, "
-                    "and apply will publish nothing until this worker can read it"
-                )
-                self._failed = (stamp, journal_stamp)
-            return False
-        self.load_error = None
-        if steps:
-            policies = dict(policies)  # the copy requests never see half-made
-            for step in steps:
-                policies.update(step.put)
-                for host in step.drop:
-                    policies.pop(host, None)
-            current = steps[-1].id
-        self._stamp, self._journal_stamp = stamp, journal_stamp
-        if policies is self.policies:
-            self.snapshot_id = current
-            return False
-        self.policies, self.snapshot_id = policies, current
-        how = [f"read {self.path}"] if whole else []
-        if steps:
-            how.append(f"{sum(step.size for step in steps)} changed")
-        log.info("serving %d policies (%s)", len(policies), ", then ".join(how))
-        return True
-
-    def _journal(self, stamp: Identity | None) -> Journal | None:
-        """The change journal; None if there is none or it cannot be read
-        (it is only a shortcut: then the snapshot is read whole)."""
-        assert self.journal_path is not None
-        try:
-            return read_journal(self.journal_path)
-        except PolicyHostError as exc:
-            if stamp != self._failed_journal:
-                log.warning("%s; reading the snapshot instead", exc)
-                self._failed_journal = stamp
-            return None
-
-    def watch(self, interval: float) -> threading.Thread:
-        """Refresh every ``interval`` seconds in a daemon thread, until
-        ``stop_watching`` (a worker's ends with its process)."""
-        self.watch_interval = interval
-        stopping = self._stopping
-
-        def loop() -> None:
-            while not stopping.wait(interval):
-                try:
-                    self.refresh()
-                except Exception:  # never let the watcher die
-                    log.exception("snapshot watcher failed")
-
-        thread = threading.Thread(target=loop, name="policy-host-snapshot-watcher", daemon=True)
-        thread.start()
-        return thread
-
-    def stop_watching(self) -> None:
-        """End the watcher thread at its next look."""
-        self._stopping.set()
-
-
 def create_app(
     policies: Mapping[str, bytes] | None = None,
     *,
@@ -258,17 +129,22 @@ def create_app(
     """The WSGI app.
 
     ``policies`` maps ``mta-sts.<domain>`` to bytes (tests pass it directly).
-    Otherwise they come from the snapshot at ``snapshot_path``, or, when none
-    is given, from the provider config (``$POLICY_HOST_CONFIG`` or the
-    default), compiling a snapshot first if none exists yet. With
-    ``watch_interval`` (``WATCH_INTERVAL`` when served) the snapshot is
-    watched and changes go live by themselves (see ``PolicyTable``).
-    ``fast_path`` answers the policy requests before Flask's machinery (see
-    ``PolicyFastPath``). With ``reports_config`` (or a config read here)
-    whose ``tlsrpt.rua`` has https: URIs, their paths take TLS reports by
-    POST (``reports.receive``).
+    Otherwise they are read from the database beside the snapshot at
+    ``snapshot_path`` (``table.PolicyTable``), or, when none is given, the
+    provider config's (``$POLICY_HOST_CONFIG`` or the default), compiling a
+    snapshot first if none exists yet. With ``watch_interval``
+    (``WATCH_INTERVAL`` when served) a watcher thread brings the database
+    up to the snapshot and its journal when they change; it does so at
+    once, so making the app never waits for it (a rebuild of a large
+    database takes seconds, and gunicorn stops a worker that does not
+    answer within its timeout). Without it (tests) the table catches up
+    once, here. ``fast_path`` answers the policy requests before Flask's
+    machinery (see ``PolicyFastPath``). With ``reports_config`` (or a
+    config read here) whose ``tlsrpt.rua`` has https: URIs, their paths
+    take TLS reports by POST (``reports.receive``).
     """
     app = Flask(__name__)
+    table: Policies
     if policies is None:
         if snapshot_path is None:
             config = reports_config = load_config(config_path(None))
@@ -277,16 +153,16 @@ def create_app(
                 from policy_host.serve.compiler import compile_snapshot
 
                 compile_snapshot(config)
-        found = read_served(snapshot_path)
-        if found is None:
+        if snapshot_id(snapshot_path) is None:
             raise FileNotFoundError(f"{snapshot_path}: no served-policy snapshot")
-        table = PolicyTable(found[0], snapshot_path, found[1])
+        table = watched = PolicyTable(snapshot_path)
         if watch_interval:
-            table.watch(watch_interval)
+            watched.watch(watch_interval)
+        else:
+            watched.refresh()
     else:
-        table = PolicyTable(policies)
+        table = FixedPolicies(policies)
     app.extensions["policy_host"] = table
-    log.info("serving %d policies", len(table.policies))
 
     # Only GET and HEAD (RFC 8461 section 3.3); no automatic OPTIONS. No
     # merged slashes: werkzeug would answer '//' in the path with a redirect.
@@ -325,7 +201,7 @@ def create_app(
     return app
 
 
-def worker_state(table: PolicyTable, workers: int) -> str:
+def worker_state(table: Policies, workers: int) -> str:
     """What SNAPSHOT_PATH answers (``publish.workers.parse_state`` reads it)."""
     lines = [
         f"snapshot {table.snapshot_id}",
