@@ -96,7 +96,21 @@ def parse_tenant_body(
     path: Path, data: bytes, domain: str, problems: list[Problem]
 ) -> tuple[Tenant | None, bytes | None]:
     """``parse_tenant``, and the policy bytes of a valid tenant."""
-    return _quick_tenant(path, data, domain) or _full_tenant(path, data, domain, problems)
+    quick = _quick_fields(data, domain)
+    if quick is None:
+        return _full_tenant(path, data, domain, problems)
+    mode, mx, max_age, note, rua = quick
+    policy = Policy(mode=mode, mx=mx, max_age=max_age)
+    tenant = Tenant(domain=domain, policy=policy, source=str(path), note=note, tlsrpt_rua=rua)
+    return tenant, render(policy)
+
+
+def check_tenant(path: Path, data: bytes, domain: str, problems: list[Problem]) -> bool:
+    """Whether the tenant file is valid (``parse_tenant`` gives a tenant),
+    appending its problems, without making the tenant (``validate``)."""
+    return _quick_fields(data, domain) is not None or (
+        _full_tenant(path, data, domain, problems)[0] is not None
+    )
 
 
 # A file with more mx patterns is read by ``_full_tenant``, which also checks
@@ -106,19 +120,24 @@ QUICK_MAX_MX = 200
 _QUICK_KEYS = frozenset(KEYS) - {"promote"}
 
 
-def _quick_tenant(path: Path, data: bytes, domain: str) -> tuple[Tenant, bytes] | None:
-    """A tenant file with nothing wrong, read without line numbers (a valid
-    file is read in half the time). ``None`` when anything in it is a
-    problem (an error or a warning) or it is not of the plainest kind:
-    ``_full_tenant`` then reads it and says what and on which line. The
-    rules are those of ``_full_tenant``, asked only whether they pass."""
+# mode, mx patterns in A-labels, max_age, note, tlsrpt_rua URIs.
+_Fields = tuple[str, tuple[str, ...], int, str | None, tuple[str, ...]]
+
+
+def _quick_fields(data: bytes, domain: str) -> _Fields | None:
+    """The fields of a tenant file with nothing wrong, read without line
+    numbers (a valid file is read in half the time). ``None`` when anything
+    in it is a problem (an error or a warning) or it is not of the plainest
+    kind: ``_full_tenant`` then reads it and says what and on which line.
+    The rules are those of ``_full_tenant``, asked only whether they pass."""
     entries = plain_mapping(data)
     if entries is None or not entries.keys() <= _QUICK_KEYS:
         return None
     written_domain = entries.get("domain")
-    if written_domain is not None:
-        if type(written_domain) is not str or not _names(written_domain, domain, "domain"):
-            return None
+    if written_domain is not None and (
+        type(written_domain) is not str or not _names(written_domain, domain, "domain")
+    ):
+        return None
     mode = entries.get("mode")
     mx = entries.get("mx", [])
     if type(mode) is not str or mode not in MODES or type(mx) is not list:
@@ -148,9 +167,7 @@ def _quick_tenant(path: Path, data: bytes, domain: str) -> tuple[Tenant, bytes] 
         rua_uris = tuple(check_rua(text) for text in rua_items)
     except InvalidValue:
         return None
-    policy = Policy(mode=mode, mx=tuple(patterns), max_age=max_age)
-    tenant = Tenant(domain=domain, policy=policy, source=str(path), note=note, tlsrpt_rua=rua_uris)
-    return tenant, render(policy)
+    return mode, tuple(patterns), max_age, note, rua_uris
 
 
 def _names(written: str, domain: str, what: str) -> bool:

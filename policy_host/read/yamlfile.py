@@ -134,6 +134,7 @@ def _walk(node: yaml.Node, line: int, seen: set[int]) -> Node:
     seen.add(id(node))
     kind = type(node)  # the composer makes exactly these three classes
     if kind is yaml.ScalarNode:
+        assert isinstance(node, yaml.ScalarNode)  # for mypy: type() does not narrow
         return Node(_scalar(node), line)
     if node.tag not in _PLAIN_TAGS:
         # '!!python/object/apply:...', '!!set', '!!omap': never a list or
@@ -222,12 +223,7 @@ def plain_mapping(data: bytes) -> dict[str, Plain] | None:
     # tag. Without them every value is a node of its own, plainly resolved.
     # (Either in a quoted text only costs the slower reader.) The count is
     # the depth bound of ``_check_depth``.
-    if (
-        "\t" in text
-        or "&" in text
-        or "!" in text
-        or sum(map(text.count, "[{-:?")) > MAX_DEPTH
-    ):
+    if "\t" in text or "&" in text or "!" in text or sum(map(text.count, "[{-:?")) > MAX_DEPTH:
         return None
     try:
         root = yaml.compose(text, Loader=_Loader)
