@@ -6,6 +6,7 @@ with it). Every problem is collected, each with its line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from policy_host.errors import Problem, Severity
@@ -36,9 +37,11 @@ MAX_TENANT_BYTES = 256 * 1024
 KEYS = ("mode", "mx", "max_age", "domain", "note", "tlsrpt_rua", "promote")
 
 
-def domain_from_filename(path: Path, config: ProviderConfig, problems: list[Problem]) -> str | None:
+def domain_from_filename(
+    path: Path | str, config: ProviderConfig, problems: list[Problem]
+) -> str | None:
     """The customer domain a tenant file is for, checked as a DNS name."""
-    written = path.name[: -len(SUFFIX)]
+    written = os.path.basename(path)[: -len(SUFFIX)]
     where = str(path)
     try:
         host = hostname(written, what="domain (from the file name)")
@@ -105,7 +108,7 @@ def parse_tenant_body(
     return tenant, render(policy)
 
 
-def check_tenant(path: Path, data: bytes, domain: str, problems: list[Problem]) -> bool:
+def check_tenant(path: Path | str, data: bytes, domain: str, problems: list[Problem]) -> bool:
     """Whether the tenant file is valid (``parse_tenant`` gives a tenant),
     appending its problems, without making the tenant (``validate``)."""
     return _quick_fields(data, domain) is not None or (
@@ -179,7 +182,7 @@ def _names(written: str, domain: str, what: str) -> bool:
 
 
 def _full_tenant(
-    path: Path, data: bytes, domain: str, problems: list[Problem]
+    path: Path | str, data: bytes, domain: str, problems: list[Problem]
 ) -> tuple[Tenant | None, bytes | None]:
     before = sum(p.is_error for p in problems) if problems else 0
     entries, parse_problems = parse_mapping(path, data)

@@ -264,7 +264,7 @@ def _plain_value(node: yaml.Node) -> Plain | None:
     return None
 
 
-def parse_mapping(path: Path, data: bytes) -> tuple[dict[str, Node] | None, list[Problem]]:
+def parse_mapping(path: Path | str, data: bytes) -> tuple[dict[str, Node] | None, list[Problem]]:
     """Parse ``data`` (the bytes of ``path``) as one YAML mapping.
 
     Returns the entries, or ``None`` with the problems that stopped it.
