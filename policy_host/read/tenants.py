@@ -166,22 +166,13 @@ def _check_chunk(config: ProviderConfig, names: list[str]) -> list[Checked]:
     return [check_file(base + name, config) for name in names]
 
 
-def _load_many(config: ProviderConfig, names: list[str], jobs: int) -> list[Outcome]:
-    """``load_file`` for every name, in ``jobs`` processes when it pays."""
-    return _in_processes(_load_chunk, config, names, jobs)
-
-
-def _check_many(config: ProviderConfig, names: list[str], jobs: int) -> list[Checked]:
-    """``check_file`` for every name, in ``jobs`` processes when it pays."""
-    return _in_processes(_check_chunk, config, names, jobs)
-
-
 def _in_processes(
     chunk: Callable[[ProviderConfig, list[str]], list[_T]],
     config: ProviderConfig,
     names: list[str],
     jobs: int,
 ) -> list[_T]:
+    """``chunk`` over every name, in ``jobs`` processes when it pays."""
     if jobs <= 1 or len(names) < PARALLEL_MIN_FILES:
         return chunk(config, names)
     # fork: the children inherit the loaded modules and start at once. Only
@@ -350,9 +341,10 @@ def _load_tenants(
     if misses:
         log.debug("reading %d of %d tenant files", len(misses), len(names))
         if check_only:
-            checked = dict(zip(misses, _check_many(config, misses, jobs), strict=True))
+            found_now = _in_processes(_check_chunk, config, misses, jobs)
+            checked = dict(zip(misses, found_now, strict=True))
         else:
-            fresh = dict(zip(misses, _load_many(config, misses, jobs), strict=True))
+            fresh = dict(zip(misses, _in_processes(_load_chunk, config, misses, jobs), strict=True))
     if save_cache and cache:
         identities = {n: i for n, i in names if i is not None}
         result.save_cache = lambda: store.save(identities, fresh, now_ns)

@@ -159,13 +159,12 @@ def _walk(node: yaml.Node, line: int, seen: set[int]) -> Node:
     raise _Refused(node.start_mark.line + 1, "unsupported YAML node")  # pragma: no cover
 
 
-def read_limited(path: Path | str, max_bytes: int, *, dir_fd: int | None = None) -> bytes | Problem:
-    """The file's bytes, or a problem if it cannot be read or is too large.
-    ``dir_fd``: ``path`` is relative to that open folder."""
+def read_limited(path: Path | str, max_bytes: int) -> bytes | Problem:
+    """The file's bytes, or a problem if it cannot be read or is too large."""
     try:
         # O_NONBLOCK: a FIFO named like a tenant file would block open()
         # forever; it opens at once and is refused below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):  # what reading it would say
