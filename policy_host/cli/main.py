@@ -45,7 +45,7 @@ def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
     from policy_host.read.tenants import default_jobs, load_tenants
 
     # Every core: 100,000 files take seconds of CPU (docs/performance.md).
-    result = load_tenants(config, jobs=default_jobs())
+    result = load_tenants(config, jobs=default_jobs(), check_only=True)
     errors = len(result.errors)
     warnings = len(result.problems) - errors
     if args.json:
@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
                 "config": str(config.path),
                 "tenants_dir": str(config.tenants_dir),
                 "files": result.files,
-                "valid": len(result.tenants),
+                "valid": len(result.sources),
                 "errors": errors,
                 "warnings": warnings,
                 "problems": [p.as_dict() for p in result.problems],
@@ -69,7 +69,7 @@ def cmd_validate(args: argparse.Namespace, config: ProviderConfig) -> int:
             verdict = "ok" if errors == 0 else "FAILED"
             print(
                 f"{config.path}: {verdict}: {result.files} tenant files, "
-                f"{len(result.tenants)} valid, {errors} errors, {warnings} warnings",
+                f"{len(result.sources)} valid, {errors} errors, {warnings} warnings",
                 file=sys.stderr,
             )
     # Like `nginx -t`, but a warning is a finding too: exit 0 only when clean.

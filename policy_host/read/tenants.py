@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from policy_host.errors import Problem
 from policy_host.model import Policy, Tenant
@@ -34,6 +35,7 @@ from policy_host.read.scan import ScanAhead
 from policy_host.read.schema import Fields
 from policy_host.read.tenantfile import (
     MAX_TENANT_BYTES,
+    check_tenant,
     domain_from_filename,
     parse_tenant_body,
 )
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Below this many files to read, one process is quicker than several.
 PARALLEL_MIN_FILES = 2000
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -113,30 +117,64 @@ class LoadMemo:
         return ahead if ahead.usable() else None
 
 
+# What checking one tenant file gives (``check_file``): its domain (None:
+# the file name is not a usable domain), whether it is valid, every problem.
+Checked = tuple[str | None, bool, list[Problem]]
+
+
+def _domain_and_bytes(
+    path: Path | str, config: ProviderConfig, problems: list[Problem]
+) -> tuple[str | None, bytes | None]:
+    domain = domain_from_filename(path, config, problems)
+    if domain is None:
+        return None, None
+    data = read_limited(path, MAX_TENANT_BYTES)
+    if isinstance(data, Problem):
+        problems.append(data)
+        return domain, None
+    return domain, data
+
+
 def load_file(path: Path, config: ProviderConfig) -> Outcome:
     """Read and check one tenant file: its domain, the tenant if valid, and
     every problem (all but duplicates across files, which ``load_tenants``
     adds)."""
     problems: list[Problem] = []
-    domain = domain_from_filename(path, config, problems)
+    domain, data = _domain_and_bytes(path, config, problems)
     tenant = body = None
-    if domain is not None:
-        data = read_limited(path, MAX_TENANT_BYTES)
-        if isinstance(data, Problem):
-            problems.append(data)
-        else:
-            tenant, body = parse_tenant_body(path, data, domain, problems)
+    if domain is not None and data is not None:
+        tenant, body = parse_tenant_body(path, data, domain, problems)
     return domain, tenant, problems, body
+
+
+def check_file(path: Path | str, config: ProviderConfig) -> Checked:
+    """``load_file`` without the tenant and its policy bytes (``validate``:
+    less to make, and less to send back from a worker process)."""
+    problems: list[Problem] = []
+    domain, data = _domain_and_bytes(path, config, problems)
+    valid = domain is not None and data is not None and check_tenant(path, data, domain, problems)
+    return domain, valid, problems
 
 
 def _load_chunk(config: ProviderConfig, names: list[str]) -> list[Outcome]:
     return [load_file(config.tenants_dir / name, config) for name in names]
 
 
-def _load_many(config: ProviderConfig, names: list[str], jobs: int) -> list[Outcome]:
-    """``load_file`` for every name, in ``jobs`` processes when it pays."""
+def _check_chunk(config: ProviderConfig, names: list[str]) -> list[Checked]:
+    # Paths as text: a Path per file costs more than the checks of its name.
+    base = os.path.join(config.tenants_dir, "")
+    return [check_file(base + name, config) for name in names]
+
+
+def _in_processes(
+    chunk: Callable[[ProviderConfig, list[str]], list[_T]],
+    config: ProviderConfig,
+    names: list[str],
+    jobs: int,
+) -> list[_T]:
+    """``chunk`` over every name, in ``jobs`` processes when it pays."""
     if jobs <= 1 or len(names) < PARALLEL_MIN_FILES:
-        return _load_chunk(config, names)
+        return chunk(config, names)
     # fork: the children inherit the loaded modules and start at once. Only
     # called where no other thread runs (the CLI, the gunicorn master before
     # it installs its signal handlers).
@@ -144,7 +182,7 @@ def _load_many(config: ProviderConfig, names: list[str], jobs: int) -> list[Outc
     size = max(PARALLEL_MIN_FILES // 4, len(names) // (jobs * 8) + 1)
     chunks = [names[i : i + size] for i in range(0, len(names), size)]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        parts = pool.map(_load_chunk, [config] * len(chunks), chunks)
+        parts = pool.map(chunk, [config] * len(chunks), chunks)
         return [outcome for part in parts for outcome in part]
 
 
@@ -198,6 +236,7 @@ def load_tenants(
     cache: bool = True,
     save_cache: bool = False,
     tenants: bool = True,
+    check_only: bool = False,
     memo: LoadMemo | None = None,
 ) -> LoadResult:
     """Read every tenant file; never raises for a bad tenant.
@@ -210,11 +249,22 @@ def load_tenants(
     With ``tenants=False`` the result has the policy bytes and source of
     every valid tenant (``bodies``, ``sources``) but no ``Tenant`` objects
     for the cached ones (the snapshot compile needs nothing more, and
-    building 100,000 of them costs a few tenths of a second). ``memo``:
-    what this run's earlier loads left to reuse (``LoadMemo``).
+    building 100,000 of them costs a few tenths of a second). With
+    ``check_only`` it has neither (``validate``: the files are only
+    checked, ``check_file``), only the source of each valid tenant, the
+    problems and the broken. ``memo``: what this run's earlier loads left
+    to reuse (``LoadMemo``).
     """
     with gc_paused():
-        return _load_tenants(config, jobs, cache, save_cache, tenants, memo or LoadMemo())
+        return _load_tenants(
+            config,
+            jobs,
+            cache,
+            save_cache and not check_only,
+            tenants and not check_only,
+            check_only,
+            memo or LoadMemo(),
+        )
 
 
 def _load_tenants(
@@ -223,6 +273,7 @@ def _load_tenants(
     cache: bool,
     save_cache: bool,
     want_tenants: bool,
+    check_only: bool,
     memo: LoadMemo,
 ) -> LoadResult:
     result = LoadResult()
@@ -279,16 +330,21 @@ def _load_tenants(
                     fields is not None,
                     restore_tenant(domain, fields, where) if want_tenants and fields else None,
                     restore_problems(shown, where) if shown else [],
-                    body.encode() if body is not None else None,
+                    body.encode() if body is not None and not check_only else None,
                 )
             )
         except (ValueError, TypeError, KeyError, IndexError, UnicodeError, AttributeError):
             files.append(None)  # not cached, changed, or a damaged entry: read it
             misses.append(name)
     fresh: dict[str, Outcome] = {}
+    checked: dict[str, Checked] = {}
     if misses:
         log.debug("reading %d of %d tenant files", len(misses), len(names))
-        fresh = dict(zip(misses, _load_many(config, misses, jobs), strict=True))
+        if check_only:
+            found_now = _in_processes(_check_chunk, config, misses, jobs)
+            checked = dict(zip(misses, found_now, strict=True))
+        else:
+            fresh = dict(zip(misses, _in_processes(_load_chunk, config, misses, jobs), strict=True))
     if save_cache and cache:
         identities = {n: i for n, i in names if i is not None}
         result.save_cache = lambda: store.save(identities, fresh, now_ns)
@@ -297,7 +353,10 @@ def _load_tenants(
     tenants, bodies, sources, broken = result.tenants, result.bodies, result.sources, result.broken
     problems = result.problems
     for (name, _), known in zip(names, files, strict=True):
-        if known is None:
+        if check_only and known is None:
+            domain, valid, found = checked[name]
+            tenant = body = None
+        elif known is None:
             domain, tenant, found, body = fresh[name]
             valid = tenant is not None
         else:
@@ -326,8 +385,8 @@ def _load_tenants(
             continue
         if tenant is not None:
             tenants[domain] = tenant
-        assert body is not None
-        bodies[domain] = body
+        if body is not None:  # always, unless check_only
+            bodies[domain] = body
         sources[domain] = where
     result.files = len(names)
     result.problems.sort(key=lambda p: (p.path, p.line))
