@@ -16,6 +16,7 @@ import pytest
 from policy_host.fileio import locked
 from policy_host.read.config import ProviderConfig
 from policy_host.serve import compiler, journal, store
+from policy_host.serve import table as table_module
 from policy_host.serve.compiler import compile_snapshot
 from policy_host.serve.snapshot import Entry, Snapshot, served_id, write_snapshot
 from policy_host.serve.store import CaughtUp, catch_up, database_path
@@ -190,3 +191,42 @@ def test_an_unreadable_snapshot_keeps_the_database_and_is_reported(
     # The last good policies stay served.
     assert table.policies == written.policies_by_host()
     assert table.snapshot_id == written.id
+
+
+@pytest.mark.usefixtures("by_workers")
+def test_a_worker_never_says_it_serves_a_snapshot_its_cache_is_older_than(
+    config: ProviderConfig,
+) -> None:
+    compile_snapshot(config)
+    catch_up(config.snapshot_path)
+    table = PolicyTable(config.snapshot_path)
+    table.refresh()
+    old = table.get(HOST)
+    assert old is not None and b"604800" in old
+    assert table.get(HOST) is old  # the second answer comes from the cache
+    edit(config, "example.com", "604800", "1209600")
+    after = compile_snapshot(config).snapshot
+    assert catch_up(config.snapshot_path) == CaughtUp(after.id, steps=1)
+    # The database has the change but this worker has not looked yet: it
+    # may still answer the bytes it had, and then it must not claim the new
+    # snapshot (apply asks every worker before it publishes an id).
+    assert table.snapshot_id == after.id
+    assert table.get(HOST) == after.policies_by_host()[HOST]
+
+
+@pytest.mark.usefixtures("by_workers")
+def test_the_cache_stays_within_its_size(
+    config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compile_snapshot(config)
+    catch_up(config.snapshot_path)
+    monkeypatch.setattr(table_module, "CACHE_ENTRIES", 2)
+    table = PolicyTable(config.snapshot_path)
+    table.refresh()
+    served = table.policies
+    assert len(served) >= 3
+    for host, body in served.items():
+        assert table.get(host) == body
+        assert len(table._cache) <= 2
+    assert table.get("mta-sts.not-a-tenant.example") is None
+    assert "mta-sts.not-a-tenant.example" not in table._cache

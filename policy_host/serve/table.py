@@ -24,6 +24,11 @@ from policy_host.serve.store import EVERY, HELD, LOOKUP, catch_up, database_path
 log = logging.getLogger(__name__)
 
 
+# At most this many policies in a worker's cache (about 300 bytes each):
+# memory stays flat however many tenants there are.
+CACHE_ENTRIES = 10_000
+
+
 class Policies(Protocol):
     """What the view, the fast path and the worker's report read."""
 
@@ -83,12 +88,22 @@ class PolicyTable:
         # Why the snapshot on disk could not be served (None: it is).
         self.load_error: str | None = None
         self._seen = ""  # the id of no database at all
+        # Policies this worker answered since the snapshot it last saw
+        # (``_note``): a popular tenant costs a dict lookup, not a query.
+        self._cache: dict[str, bytes] = {}
         # Seconds between looks, once ``watch`` runs.
         self.watch_interval: float | None = None
         self._stopping = threading.Event()
         self._unreadable: object = None
 
     def get(self, host: str) -> bytes | None:
+        # Captured before the query: when the watcher swaps in an empty
+        # cache (a new snapshot), bytes read before the swap go into the
+        # old one, which nothing reads any more.
+        cache = self._cache
+        body = cache.get(host)
+        if body is not None:
+            return body
         local = self._local
         if local.generation == self._generation and local.conn is not None:
             try:
@@ -97,14 +112,33 @@ class PolicyTable:
                 rows = self._query(LOOKUP, (host,))
         else:
             rows = self._query(LOOKUP, (host,))
-        return rows[0][0] if rows else None
+        if not rows:
+            return None
+        body = bytes(rows[0][0])
+        if len(cache) >= CACHE_ENTRIES:
+            cache.clear()
+        cache[host] = body
+        return body
 
     @property
     def snapshot_id(self) -> str:
         """The snapshot the database this thread reads holds ("" when there
-        is none yet): what the worker serves, and says it serves."""
+        is none yet): what the worker serves, and says it serves. Reading it
+        empties the cache when the snapshot is another than at the last
+        look, so no request answers from an older one once it is told."""
         rows = self._query(HELD, ())
-        return str(rows[0][0]) if rows else ""
+        held = str(rows[0][0]) if rows else ""
+        self._note(held)
+        return held
+
+    def _note(self, held: str) -> bool:
+        """Start a new cache if ``held`` is another snapshot; True if so."""
+        if held == self._seen:
+            return False
+        self._cache = {}
+        self._seen = held
+        log.info("serving snapshot %s", held)
+        return True
 
     @property
     def policies(self) -> dict[str, bytes]:
@@ -165,12 +199,8 @@ class PolicyTable:
         if target != self._target:
             self._target = target
             self._generation += 1
-        held = self.snapshot_id
-        if held == self._seen:
-            return False
-        self._seen = held
-        log.info("serving snapshot %s", held)
-        return True
+        rows = self._query(HELD, ())
+        return self._note(str(rows[0][0]) if rows else "")
 
     def watch(self, interval: float) -> threading.Thread:
         """Refresh now, then every ``interval`` seconds, in a daemon thread,
