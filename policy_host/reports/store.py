@@ -16,18 +16,23 @@ verified, and a verified copy with another digest replaces an unverified one
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policy_host.errors import PolicyHostError
 from policy_host.reports.model import HTTPS, Envelope, Report
 from policy_host.reports.pending import Pending
-from policy_host.reports.rows import ReportRows, domains, report_rows
 from policy_host.sqlitedb import BUSY_TIMEOUT, immediate, reading
+
+if TYPE_CHECKING:
+    from policy_host.reports.rows import ReportRows
+
+# gzip, hashlib (OpenSSL's set-up) and the rows builder are imported where
+# storing needs them: the `reports` summaries only read, and their command
+# is mostly start-up (docs/performance.md, "Command start-up").
 
 # What became of an input (raw.outcome).
 STORED = "stored"
@@ -189,6 +194,8 @@ def keeps_whole(envelope: Envelope, outcome: str) -> bool:
 
 def digest(report: Report) -> str:
     """SHA-256 of the report's normalised content (``rows.content_digest``)."""
+    from policy_host.reports.rows import report_rows
+
     return report_rows(report).digest
 
 
@@ -197,6 +204,8 @@ def compress(body: bytes) -> tuple[bytes, bool]:
     (compressing them again gains nothing), anything else gzip-compressed."""
     if body.startswith(b"\x1f\x8b"):
         return body, False
+    import gzip
+
     return gzip.compress(body, compresslevel=6, mtime=0), True
 
 
@@ -262,6 +271,8 @@ class Store:
         env = item.envelope
         data = item.body
         size = len(data) if item.size is None else item.size
+        import hashlib
+
         sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
         if not keeps_whole(env, outcome):
             data = data[:HEAD_BYTES]
@@ -296,6 +307,8 @@ class Store:
         ties: Sequence[Tie],
     ) -> str:
         """Store a parsed report (and its raw bytes); STORED or DUPLICATE."""
+        from policy_host.reports.rows import report_rows
+
         return self.add_rows(conn, item, report_rows(report), ties)
 
     def add_rows(
@@ -306,6 +319,8 @@ class Store:
         ties: Sequence[Tie],
     ) -> str:
         """``add_report`` of a report already made into rows."""
+        from policy_host.reports.rows import domains
+
         env = item.envelope
         content = report.digest
         cursor = conn.execute(
@@ -341,6 +356,8 @@ class Store:
         content: str,
     ) -> str:
         """A report whose organisation and report-id are stored already."""
+        from policy_host.reports.rows import domains
+
         # What follows reads and changes stored rows: those held go in first.
         self._pending.flush(conn)
         verified = item.envelope.verified
@@ -492,6 +509,8 @@ class Store:
         row = self.conn.execute("SELECT body, packed FROM raw WHERE id = ?", (raw_id,)).fetchone()
         if row is None:
             raise StoreError(f"no raw input {raw_id}")
+        import gzip
+
         return gzip.decompress(bytes(row[0])) if row[1] else bytes(row[0])
 
     def outcomes(self) -> dict[str, int]:
