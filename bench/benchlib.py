@@ -32,6 +32,7 @@ __all__ = [
     "Daemon",
     "Figures",
     "WrkResult",
+    "compile_bytecode",
     "domain",
     "ensure_tools",
     "free_port",
@@ -47,6 +48,17 @@ _SCRIPT = Path(sys.executable).with_name("policy-host")
 # The installed script: `reload` and `apply` recognise the server by a
 # command line naming policy-host (server.running_pid).
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "policy_host.cli.main"]
+
+
+def compile_bytecode() -> None:
+    """Write the package's bytecode, as pip does when it installs: a command
+    timed from a tree without it (PYTHONDONTWRITEBYTECODE set, a fresh
+    checkout) compiles every module it imports from source on each run,
+    about a third of a one-tenant `reports` summary (docs/performance.md)."""
+    import compileall
+
+    if not compileall.compile_dir(ROOT / "policy_host", quiet=1):
+        raise SystemExit("policy_host: bytecode could not be written")
 
 
 def say(text: str) -> None:

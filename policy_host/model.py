@@ -11,8 +11,6 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-import idna
-
 # RFC 8461 section 3.2: policy modes.
 MODES = ("enforce", "testing", "none")
 # RFC 8461 section 3.2: max_age is at most 31557600 seconds (about a year).
@@ -98,6 +96,10 @@ def _hostname(text: str, what: str) -> Hostname:
                 )
             labels.append(low)
         else:
+            # Here, not at the top: idna's tables cost every command's
+            # start-up, and most names are ASCII (docs/performance.md).
+            import idna
+
             try:
                 a_label = idna.encode(label, uts46=True).decode("ascii")
                 # Refuse what the mapping would silently change (zero-width
@@ -138,6 +140,8 @@ def _hostname(text: str, what: str) -> Hostname:
 
 
 def _check_a_label(label: str, text: str, what: str) -> None:
+    import idna  # only for names written with A-labels, as above
+
     try:
         if idna.encode(idna.decode(label)).decode("ascii") != label:
             raise idna.IDNAError("does not round-trip")

@@ -21,15 +21,18 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policy_host.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
-from policy_host.reports.model import OUR_SIDE
-from policy_host.reports.retention import would_prune
-from policy_host.reports.schema import DUPLICATE, NOT_REPORT, REFUSED, STORED, StoreError
-from policy_host.reports.store import Store
-from policy_host.reports.summary import Limits, TenantSummary, summarise
+
+if TYPE_CHECKING:
+    from policy_host.reports.summary import TenantSummary
+
+# The store and the summaries are imported by the subcommand that uses
+# them: the parser is built for every command, and every other command's
+# start-up would pay for them (docs/performance.md, "Command start-up").
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,9 @@ def cmd_ingest(paths: list[Path], config: ProviderConfig) -> int:
     from policy_host.read.tenants import default_jobs
     from policy_host.reports import batch
     from policy_host.reports.ingest import Outcome
+    from policy_host.reports.schema import DUPLICATE, NOT_REPORT, REFUSED, STORED, StoreError
     from policy_host.reports.sources import make_ingester, message_cap
+    from policy_host.reports.store import Store
 
     job = batch.Job(config.tlsrpt, config.dns.resolver, config.dns.timeout, message_cap(config))
 
@@ -131,6 +136,7 @@ def cmd_ingest(paths: list[Path], config: ProviderConfig) -> int:
 def _ingest_pipe(config: ProviderConfig) -> int:
     """One message from standard input, committed before exit 0."""
     from policy_host.reports.sources import ingest_one, make_ingester, read_stdin
+    from policy_host.reports.store import Store
 
     try:
         item = read_stdin(sys.stdin.buffer, config)
@@ -147,6 +153,10 @@ def _ingest_pipe(config: ProviderConfig) -> int:
 
 
 def cmd_prune(config: ProviderConfig, *, dry_run: bool = False) -> int:
+    from policy_host.reports.retention import would_prune
+    from policy_host.reports.schema import StoreError
+    from policy_host.reports.store import Store
+
     settings = config.tlsrpt
     keep = (time.time(), settings.retention_days * DAY, settings.raw_retention_days * DAY)
     try:
@@ -167,6 +177,9 @@ def cmd_metrics(args: argparse.Namespace, config: ProviderConfig) -> int:
     """Prometheus text format over the --since window (default 7d)."""
     from policy_host.fileio import replace_file
     from policy_host.reports.metrics import exposition
+    from policy_host.reports.schema import StoreError
+    from policy_host.reports.store import Store
+    from policy_host.reports.summary import Limits
 
     now = time.time()
     try:
@@ -225,6 +238,10 @@ def parse_when(text: str, now: float) -> float:
 
 
 def cmd_summary(args: argparse.Namespace, config: ProviderConfig) -> int:
+    from policy_host.reports.schema import StoreError
+    from policy_host.reports.store import Store
+    from policy_host.reports.summary import Limits, summarise
+
     now = time.time()
     try:
         since = parse_when(args.since, now)
@@ -268,6 +285,8 @@ def _counts(items: dict[str, int]) -> str:
 
 
 def _print_tenant(t: TenantSummary, verbose: bool) -> None:
+    from policy_host.reports.model import OUR_SIDE
+
     flag = "  PROBLEM: " + "; ".join(t.problems) if t.problems else ""
     print(
         f"{t.domain}: {t.sessions} sessions, {t.failure} failed ({t.rate:.2%}) "

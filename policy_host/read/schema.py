@@ -7,7 +7,6 @@ everywhere: ``path:line: key: expected ... (got ...)``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +45,8 @@ class Fields:
         self.prefix = prefix
         for key, node in entries.items():
             if key not in known:
+                import difflib  # only for a misspelt key, not on every start-up
+
                 hint = difflib.get_close_matches(key, known, n=1)
                 also = f"; did you mean '{hint[0]}'?" if hint else f" (known: {', '.join(known)})"
                 self.error(node.line, f"unknown key '{prefix}{key}'{also}")
