@@ -12,11 +12,14 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dkim
-import dkim.util
-import dns.exception
-import dns.resolver
+if TYPE_CHECKING:
+    import dns.resolver
+
+# dkimpy and dnspython are imported where a message is checked: a folder of
+# report files needs neither, and importing them takes longer than storing
+# a thousand reports (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +36,26 @@ class Verdict:
 
 def resolver_lookup(server: tuple[str, int] | None, timeout: float) -> TxtLookup:
     """A TXT lookup through ``server`` (the configured recursive resolver)
-    or the system's resolver."""
-    resolver = dns.resolver.Resolver(configure=server is None)
-    if server is not None:
-        resolver.nameservers = [server[0]]
-        resolver.port = server[1]
+    or the system's resolver (made on the first lookup)."""
+    made: list[dns.resolver.Resolver] = []
+
+    def resolver() -> dns.resolver.Resolver:
+        import dns.resolver
+
+        if not made:
+            one = dns.resolver.Resolver(configure=server is None)
+            if server is not None:
+                one.nameservers = [server[0]]
+                one.port = server[1]
+            made.append(one)
+        return made[0]
 
     def lookup(name: bytes | str, timeout: float = timeout) -> bytes | None:
+        import dns.exception
+
         text = name.decode("ascii") if isinstance(name, bytes) else name
         try:
-            answer = resolver.resolve(text, "TXT", lifetime=timeout)
+            answer = resolver().resolve(text, "TXT", lifetime=timeout)
         except (dns.exception.DNSException, UnicodeError):
             return None
         for rdata in answer:
@@ -59,6 +72,8 @@ def _aligned(signer: str, submitter: str) -> bool:
 
 
 def _service_allows_tlsrpt(record: bytes | None) -> bool:
+    import dkim.util
+
     if record is None:
         return False
     try:
@@ -92,6 +107,9 @@ def _for_dkimpy(record: bytes | None) -> bytes | None:
 
 def verify(message: bytes, submitter: str, lookup: TxtLookup) -> Verdict:
     """Whether ``message`` carries a signature that counts for a report."""
+    import dkim
+    import dkim.util
+
     if not submitter:
         return Verdict(False, "no TLS-Report-Submitter to align a signature with")
     seen: dict[str, bytes | None] = {}
