@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from policy_host.errors import PolicyHostError
@@ -82,13 +82,21 @@ def compile_snapshot(
     anything is written: False writes nothing (`apply` reloads only when
     something is to be served).
     """
+    with compiling(config):
+        return _compile(config, jobs, loaded, memo or SnapshotMemo(), proceed)
+
+
+@contextlib.contextmanager
+def compiling(config: ProviderConfig) -> Iterator[None]:
+    """Hold the compile lock (one compile at a time writes the served
+    files, snapshot and journal) with the garbage collector paused."""
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(static.locked(config.www_dir))
         except OSError as exc:  # TimeoutError too
             raise PolicyHostError(f"{config.www_dir}: cannot compile: {exc}") from exc
         stack.enter_context(gc_paused())
-        return _compile(config, jobs, loaded, memo or SnapshotMemo(), proceed)
+        yield
 
 
 def _compile(

@@ -22,7 +22,6 @@ makes it return ``None``: the caller runs the full compile instead.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -32,11 +31,10 @@ from pathlib import Path
 from policy_host.errors import PolicyHostError, Problem
 from policy_host.model import POLICY_HOST_PREFIX
 from policy_host.read.config import ProviderConfig
-from policy_host.read.parsecache import gc_paused
 from policy_host.read.scan import SUFFIX
 from policy_host.read.tenants import LoadResult, load_named, named_domains
 from policy_host.serve import files as static
-from policy_host.serve.compiler import ChangedHosts, Compiled
+from policy_host.serve.compiler import ChangedHosts, Compiled, compiling
 from policy_host.serve.journal import (
     JournalFull,
     journal_path,
@@ -100,12 +98,7 @@ def compile_changed(
     load. ``loaded``: ``load_named(config, names)`` made by the caller
     (`apply` serves what it validated). ``proceed`` as in
     ``compile_snapshot``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(static.locked(config.www_dir))
-        except OSError as exc:  # TimeoutError too
-            raise PolicyHostError(f"{config.www_dir}: cannot compile: {exc}") from exc
-        stack.enter_context(gc_paused())
+    with compiling(config):
         return _compile_changed(config, names, loaded, proceed)
 
 
