@@ -40,6 +40,15 @@ def databases(snapshot_path: Path) -> list[str]:
     return sorted(names - {store.LOCK_NAME + store.SUFFIX})
 
 
+def served_table(config: ProviderConfig) -> PolicyTable:
+    """A worker's table reading the database of a fresh compile."""
+    compile_snapshot(config)
+    catch_up(config.snapshot_path)
+    table = PolicyTable(config.snapshot_path)
+    table.refresh()
+    return table
+
+
 @pytest.fixture
 def by_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Compiles leave the database alone, as on a serving node: each test
@@ -77,10 +86,7 @@ def test_a_change_goes_in_as_one_journal_step(config: ProviderConfig) -> None:
 def test_a_journal_that_does_not_lead_there_means_a_new_database(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    compile_snapshot(config)
-    catch_up(config.snapshot_path)
-    table = PolicyTable(config.snapshot_path)
-    table.refresh()
+    table = served_table(config)
     old = table.get(HOST)
     link = database_path(config.snapshot_path)
     first = os.readlink(link)
@@ -197,10 +203,7 @@ def test_an_unreadable_snapshot_keeps_the_database_and_is_reported(
 def test_a_worker_never_says_it_serves_a_snapshot_its_cache_is_older_than(
     config: ProviderConfig,
 ) -> None:
-    compile_snapshot(config)
-    catch_up(config.snapshot_path)
-    table = PolicyTable(config.snapshot_path)
-    table.refresh()
+    table = served_table(config)
     old = table.get(HOST)
     assert old is not None and b"604800" in old
     assert table.get(HOST) is old  # the second answer comes from the cache
@@ -218,11 +221,8 @@ def test_a_worker_never_says_it_serves_a_snapshot_its_cache_is_older_than(
 def test_the_cache_stays_within_its_size(
     config: ProviderConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    compile_snapshot(config)
-    catch_up(config.snapshot_path)
     monkeypatch.setattr(table_module, "CACHE_ENTRIES", 2)
-    table = PolicyTable(config.snapshot_path)
-    table.refresh()
+    table = served_table(config)
     served = table.policies
     assert len(served) >= 3
     for host, body in served.items():

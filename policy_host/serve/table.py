@@ -89,7 +89,7 @@ class PolicyTable:
         self.load_error: str | None = None
         self._seen = ""  # the id of no database at all
         # Policies this worker answered since the snapshot it last saw
-        # (``_note``): a popular tenant costs a dict lookup, not a query.
+        # (``_look``): a popular tenant costs a dict lookup, not a query.
         self._cache: dict[str, bytes] = {}
         # Seconds between looks, once ``watch`` runs.
         self.watch_interval: float | None = None
@@ -126,19 +126,19 @@ class PolicyTable:
         is none yet): what the worker serves, and says it serves. Reading it
         empties the cache when the snapshot is another than at the last
         look, so no request answers from an older one once it is told."""
+        return self._look()[0]
+
+    def _look(self) -> tuple[str, bool]:
+        """The snapshot the database holds, and whether it is another than
+        at the last look (then the cache starts anew)."""
         rows = self._query(HELD, ())
         held = str(rows[0][0]) if rows else ""
-        self._note(held)
-        return held
-
-    def _note(self, held: str) -> bool:
-        """Start a new cache if ``held`` is another snapshot; True if so."""
         if held == self._seen:
-            return False
+            return held, False
         self._cache = {}
         self._seen = held
         log.info("serving snapshot %s", held)
-        return True
+        return held, True
 
     @property
     def policies(self) -> dict[str, bytes]:
@@ -199,8 +199,7 @@ class PolicyTable:
         if target != self._target:
             self._target = target
             self._generation += 1
-        rows = self._query(HELD, ())
-        return self._note(str(rows[0][0]) if rows else "")
+        return self._look()[1]
 
     def watch(self, interval: float) -> threading.Thread:
         """Refresh now, then every ``interval`` seconds, in a daemon thread,
