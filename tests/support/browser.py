@@ -11,6 +11,17 @@ import tempfile
 import pytest
 
 CHROMIUM = ("chromium", "chromium-browser")
+# Headless, and nothing that would reach past loopback on its own (updates,
+# sync, first-run pages).
+HEADLESS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 
 
 def chromium() -> str:
@@ -31,13 +42,7 @@ def dump_dom(url: str, *, timeout: float = 60.0) -> str:
         done = subprocess.run(
             [
                 binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
+                *HEADLESS,
                 f"--user-data-dir={profile}",
                 "--dump-dom",
                 url,

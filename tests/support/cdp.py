@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from .browser import chromium
+from .browser import HEADLESS, chromium
 
 # Windows virtual key codes the protocol wants beside ``key`` and ``code``.
 KEYS = {"Tab": 9, "Enter": 13}
@@ -47,13 +47,7 @@ class Page:
         self._proc = subprocess.Popen(
             [
                 chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
+                *HEADLESS,
                 f"--user-data-dir={self._profile.name}",
                 "--remote-debugging-pipe",
                 "about:blank",
