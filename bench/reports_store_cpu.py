@@ -3,17 +3,16 @@
 ``reports_ingest_cpu.py`` runs the two sides together, so on a shared
 machine each one's CPU time moves with the other's and with everyone
 else's load. Here each side runs alone in this process, several rounds,
-and the least CPU time counts: the workers' part (``prepare_packed`` and
-pickling, chunk by chunk, as a worker sends them) and the storing part
-(``batch.store_packed`` over those chunks, unpickled as the parent
-unpickles them, into a fresh store each round).
+and the least CPU time counts: the preparing part (``batch.prepare_chunk``,
+chunk by chunk, as a worker prepares them) and the storing part
+(``batch.store_chunk`` over those chunks, into a fresh store each round).
+A worker does both, one chunk after the other.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 import time
 
@@ -42,32 +41,30 @@ def main() -> int:
         config = load_config(config_path)
         write_day(root / "day", args.tenants, n, int(time.time()) // DAY * DAY - DAY)
         listed = list(batch.sources([root / "day"]))
-        step = batch.INPUTS_PER_MESSAGE
+        step = batch.BATCH
         preparing, storing, walls = [], [], []
-        blobs: list[bytes] = []
+        chunks: list[list[batch.Done]] = []
         for _ in range(args.rounds):
             # A fresh job each round: its memo is a worker's, which starts empty.
             job = batch.Job(
                 config.tlsrpt, config.dns.resolver, config.dns.timeout, message_cap(config)
             )
             began = time.process_time()
-            blobs = [
-                pickle.dumps([batch.prepare_packed(job, s) for s in listed[i : i + step]])
-                for i in range(0, n, step)
-            ]
+            chunks = [batch.prepare_chunk(job, listed[i : i + step]) for i in range(0, n, step)]
             preparing.append(time.process_time() - began)
         for round_ in range(args.rounds):
             with Store(root / f"store-{round_}.sqlite3") as store:
                 ingester = make_ingester(config, store)
-                chunks = (pickle.loads(blob) for blob in blobs)
                 began, wall = time.process_time(), time.perf_counter()
-                counts = batch.store_packed(
-                    ingester, (p for chunk in chunks for p in chunk), lambda *_: None
-                )
+                heard = [
+                    batch.store_chunk(ingester, chunk, i == len(chunks) - 1)
+                    for i, chunk in enumerate(chunks)
+                ]
                 storing.append(time.process_time() - began)
                 walls.append(time.perf_counter() - wall)
-            assert counts == {"stored": n}, counts
-    print(f"per report, least of {args.rounds} rounds: workers' part "
+            outcomes = {h[1] for chunk in heard for h in chunk}
+            assert outcomes == {"stored"} and sum(map(len, heard)) == n, outcomes
+    print(f"per report, least of {args.rounds} rounds: preparing "
           f"{min(preparing) / n * 1e6:.1f} us, storing {min(storing) / n * 1e6:.1f} us "
           f"(storing wall {min(walls):.2f}-{max(walls):.2f} s); "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip

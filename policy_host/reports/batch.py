@@ -1,27 +1,28 @@
 """``reports ingest PATH...``: many files and Maildir messages at once.
 
-Reading, decompressing, parsing and DKIM-checking each input (``prepare``)
-needs no store, so forked worker processes do it, one per core
-(``workers``), and make each report into the rows the store inserts; the
-parent stores what they made in order, in transactions of ``BATCH`` inputs, and
-moves committed Maildir messages from new/ to cur/. With one core, or few
-inputs, everything runs in the parent.
+Inputs go in chunks of ``BATCH``. Reading, decompressing, parsing and
+DKIM-checking a chunk's inputs (``prepare_chunk``) needs no store, so forked
+worker processes, one per core, do it at once; each then stores its chunk
+in one transaction with a connection of its own (``store_chunk``), in turn
+and in chunk order (``workers.in_turn``), so the store ends as one process
+going through the inputs in order would leave it. Committed Maildir
+messages move from new/ to cur/. With one core, or few inputs, everything
+runs in one process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
-import itertools
 import os
-import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from policy_host.read.tlsrpt import TlsrptSettings
 from policy_host.reports import workers
@@ -32,14 +33,12 @@ from policy_host.reports.model import MAIL, Envelope
 from policy_host.reports.parse import Memo
 from policy_host.reports.schema import HEAD_BYTES, REFUSED
 from policy_host.reports.sources import file_input, is_maildir
-from policy_host.reports.store import Arrival, Received
+from policy_host.reports.store import Received, Store
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500
 # Below this many inputs forking workers costs more than it saves.
 POOL_FROM = 200
-# Inputs per message between a worker and the parent.
-INPUTS_PER_MESSAGE = 64
 
 
 class Source(NamedTuple):
@@ -165,37 +164,6 @@ def _head_and_digest(path: Path) -> tuple[bytes, int, str]:
     return head, size, digest.hexdigest()
 
 
-# A ``Done`` as a worker sends it: nested tuples of str, int, float and
-# bytes, the report already as the rows the store inserts, which pickle and
-# unpickle several times faster than the frozen dataclasses they stand for,
-# and leave the storing process nothing to build (docs/performance.md).
-Packed = tuple[Any, ...]
-
-
-def prepare_packed(job: Job, source: Source | Done) -> Packed:
-    """``prepare`` in a worker process, its result packed for the parent."""
-    done = prepare(job, source)
-    new = None if done.maildir_new is None else str(done.maildir_new)
-    p = done.prepared
-    if p is None:
-        return (done.name, done.reason, new, None)
-    e = p.item.envelope
-    envelope = (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter)
-    item = (envelope, p.item.body, p.item.received, p.item.size, p.item.sha256)
-    return (done.name, done.reason, new, (item, p.rows, p.outcome, p.reason))
-
-
-def unpack(packed: Packed) -> Done:
-    """The ``Done`` a worker packed, whole."""
-    name, reason, new, prepared = packed
-    maildir_new = None if new is None else Path(new)
-    if prepared is None:
-        return Done(name, None, reason, maildir_new)
-    (envelope, body, received, size, sha256), rows, outcome, why = prepared
-    item = Received(Envelope(*envelope), body, received, size, sha256)
-    return Done(name, Prepared(item, rows, outcome, why), reason, maildir_new)
-
-
 def mark_seen(message: Path) -> None:
     """Move a committed Maildir message from new/ to cur/ (flag S, seen)."""
     target = message.parent.parent / "cur" / (message.name + ":2,S")
@@ -210,64 +178,73 @@ def run(
     jobs: int,
     report: Callable[[str, Outcome], None],
 ) -> Counter[str]:
-    """Ingest everything under ``paths``; ``report`` hears of every input
-    that was not stored (or a duplicate). Returns counts by outcome."""
+    """Ingest everything under ``paths``; ``report`` hears what became of
+    every input, in order. Returns counts by outcome."""
     listed = list(sources(paths))
-    chunks = None
-    packed: Iterator[Packed]
-    try:
-        if jobs > 1 and len(listed) >= POOL_FROM:
-            # Forked workers: they need nothing but ``job`` and ``listed``;
-            # the store stays here.
-            work = functools.partial(prepare_packed, job)
-            chunks = workers.in_order(listed, work, jobs, INPUTS_PER_MESSAGE)
-            packed = itertools.chain.from_iterable(chunks)
-        else:
-            packed = (prepare_packed(job, source) for source in listed)
-        return store_packed(ingester, packed, report)
-    finally:
-        if chunks is not None:
-            chunks.close()
+    prepare = functools.partial(prepare_chunk, job)
+    heard: Iterator[list[Heard]]
+    if jobs > 1 and len(listed) >= POOL_FROM:
+        # Forked workers, each storing with a connection of its own, in
+        # turn (``workers.in_turn``); they need nothing but ``job``,
+        # ``listed`` and the store's path.
+        path = ingester.store.path
 
+        def finisher() -> Callable[[list[Done], bool], list[Heard]]:
+            own = dataclasses.replace(ingester, store=Store(path))
+            return functools.partial(store_chunk, own)
 
-def store_packed(
-    ingester: Ingester, packed: Iterator[Packed], report: Callable[[str, Outcome], None]
-) -> Counter[str]:
-    """Store inputs as ``prepare_packed`` made them, in order, ``BATCH``
-    per transaction; Maildir messages stored move to cur/."""
+        heard = workers.in_turn(listed, prepare, finisher, jobs, BATCH)
+    else:
+        heard = (
+            store_chunk(ingester, prepare(listed[i : i + BATCH]), i + BATCH >= len(listed))
+            for i in range(0, len(listed), BATCH)
+        )
     counts: Counter[str] = Counter()
-    store = ingester.store
-    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
-    store.conn.execute("PRAGMA cache_size=-65536")
-    batch = list(itertools.islice(packed, BATCH))
-    while batch:
-        after = list(itertools.islice(packed, BATCH))
-        moves = [Path(p[2]) for p in batch if p[2] is not None and p[3] is not None]
-        # Only the last transaction, and one after which Maildir messages
-        # leave new/, must be on disk when it commits: its sync takes
-        # every earlier commit of the run with it (``Store.transaction``).
-        with store.transaction(durable=not after or bool(moves)) as conn:
-            outcomes = _commit(ingester, conn, batch)
-        for (name, *_), outcome in zip(batch, outcomes, strict=True):
-            counts[outcome.outcome] += 1
-            report(name, outcome)
-        for message in moves:
-            mark_seen(message)
-        batch = after
+    try:
+        for chunk in heard:
+            for name, *outcome in chunk:
+                counts[outcome[0]] += 1
+                report(name, Outcome(*outcome))
+    finally:
+        if isinstance(heard, Generator):
+            heard.close()
     return counts
 
 
-def _commit(ingester: Ingester, conn: sqlite3.Connection, batch: list[Packed]) -> list[Outcome]:
-    """Store a batch of packed inputs in ``conn``'s transaction, asking once
-    which of its reports are stored already."""
-    keys = {(p[1].organization, p[1].report_id) for _, _, _, p in batch if p and p[1]}
-    known = ingester.store.known(conn, keys)
-    commit = ingester.commit_values
-    outcomes = []
-    for _, reason, _, prepared in batch:
-        if prepared is None:
-            outcomes.append(Outcome("unreadable", reason))
-            continue
-        (envelope, *arrival), rows, outcome, why = prepared
-        outcomes.append(commit(conn, envelope, Arrival(*arrival), rows, outcome, why, known))
-    return outcomes
+# What became of one input, as a worker sends it back: its name and the
+# fields of its ``Outcome``.
+Heard = tuple[str, str, str, str, str]
+
+
+def prepare_chunk(job: Job, chunk: Sequence[Source | Done]) -> list[Done]:
+    """``prepare`` of each input of a chunk (in a worker process)."""
+    return [prepare(job, source) for source in chunk]
+
+
+def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> list[Heard]:
+    """Store a chunk of prepared inputs in one transaction, asking once
+    which of its reports are stored already; Maildir messages stored move
+    to cur/. ``last``: the run's final chunk."""
+    store = ingester.store
+    moves = [d.maildir_new for d in chunk if d.maildir_new is not None and d.prepared]
+    # Only the last transaction, and one after which Maildir messages
+    # leave new/, must be on disk when it commits: its sync takes every
+    # earlier commit of the run with it (``Store.transaction``).
+    with store.transaction(durable=last or bool(moves)) as conn:
+        keys = {
+            (d.prepared.rows.organization, d.prepared.rows.report_id)
+            for d in chunk
+            if d.prepared is not None and d.prepared.rows is not None
+        }
+        known = store.known(conn, keys)
+        commit = ingester.commit
+        heard = []
+        for done in chunk:
+            if done.prepared is None:
+                heard.append((done.name, "unreadable", done.reason, "", ""))
+            else:
+                o = commit(conn, done.prepared, known)
+                heard.append((done.name, o.outcome, o.reason, o.organization, o.report_id))
+    for message in moves:
+        mark_seen(message)
+    return heard

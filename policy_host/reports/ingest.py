@@ -137,8 +137,11 @@ class Ingester:
         item = Received(envelope, data, self.clock())
         return self.commit(conn, prepare_message(item, self.settings, self.lookup))
 
-    def commit(self, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
-        """Store what ``prepare_*`` made of an input, in ``conn``'s transaction."""
+    def commit(
+        self, conn: sqlite3.Connection, prepared: Prepared, known: set[Key] | None = None
+    ) -> Outcome:
+        """Store what ``prepare_*`` made of an input, in ``conn``'s
+        transaction (``known``: see ``commit_values``)."""
         item = prepared.item
         e = item.envelope
         return self.commit_values(
@@ -148,6 +151,7 @@ class Ingester:
             prepared.rows,
             prepared.outcome,
             prepared.reason,
+            known,
         )
 
     def commit_values(

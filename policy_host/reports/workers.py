@@ -1,20 +1,21 @@
-"""Work over a list in forked processes, results taken back in list order.
+"""Work over a list in forked processes: each chunk prepared in parallel,
+then finished one at a time, in list order.
 
-``multiprocessing.Pool`` pickles every task to its workers and runs two
-threads in the parent to feed them and to read what they send back; for
-reports that take tens of microseconds each, those threads cost the parent,
-which also stores every report, about as much CPU as the storing
-(docs/performance.md). Here each worker is forked with the list already in
-its memory, takes the next chunk not taken yet, and writes its results
-down a pipe of its own; the parent puts them back in list order, and holds
-at most ``AHEAD`` chunks per worker: then a full pipe holds a worker back
-until the parent catches up.
+Reports take tens of microseconds each, so handing them from process to
+process costs about as much as the work itself (docs/performance.md). Here
+each worker is forked with the list already in its memory, takes the next
+chunk not taken yet, prepares it (``prepare``: reading and parsing, which
+needs nothing shared), then waits for its turn and finishes it
+(``finish``: storing, with a database connection of its own). Turns go in
+chunk order, so whatever is finished (ids given out, the first copy of a
+report kept) is what one process going through the list would have done.
+Only what ``finish`` returns goes down a pipe to the parent, which hands
+it on in order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import signal
@@ -26,56 +27,59 @@ from typing import Any, TypeVar, cast
 from policy_host.errors import PolicyHostError
 
 T = TypeVar("T")
+P = TypeVar("P")
 R = TypeVar("R")
+
+# A worker waiting for its turn looks this often whether its parent is gone.
+PATIENCE = 1.0
+# What a worker sends when it has finished all its chunks.
+_ALL_DONE = -1
 
 
 class WorkerFailed(PolicyHostError):
     """A worker process failed or ended before sending all its results."""
 
 
-# Chunks a worker may be ahead of the parent, beyond what its pipe holds.
-AHEAD = 16
-# What a pipe may hold: Linux lets anyone ask for up to 1 MiB.
-PIPE_BYTES = 1 << 20
-
-
-def in_order(
-    items: Sequence[T], work: Callable[[T], R], jobs: int, chunk: int
-) -> Generator[list[R], None, None]:
-    """``[work(x) for x in c]`` for each chunk ``c`` of ``items``, in order,
-    done by ``jobs`` forked processes. Closing the generator early (or an
-    error) stops the workers."""
+def in_turn(
+    items: Sequence[T],
+    prepare: Callable[[Sequence[T]], P],
+    finisher: Callable[[], Callable[[P, bool], R]],
+    jobs: int,
+    chunk: int,
+) -> Generator[R, None, None]:
+    """``finish(prepare(c), last)`` for each chunk ``c`` of ``items``, in
+    order, by ``jobs`` forked processes: ``prepare`` runs in all of them at
+    once; ``finish`` runs in one at a time, in chunk order (``last``: the
+    final chunk of the list). ``finisher`` is called once in each worker,
+    after the fork, to make its ``finish`` (to open what must not cross a
+    fork). Closing the generator early (or an error) stops the workers."""
     total = (len(items) + chunk - 1) // chunk
     # The next chunk to take: a worker that the machine's load holds back
     # takes fewer, instead of holding the others up.
-    taken = multiprocessing.Value("q", 0)
+    taken = multiprocessing.Value("q", 0, lock=True)
+    # The next chunk to finish, and the condition its finisher waits on.
+    turn = multiprocessing.Value("q", 0, lock=False)
+    turns = multiprocessing.Condition()
     readers: list[Connection] = []
     pids: list[int] = []
+    parent = os.getpid()
     try:
         for _ in range(jobs):
             reader, writer = multiprocessing.Pipe(duplex=False)
-            _widen(writer)
             pid = os.fork()
             if pid == 0:  # the worker: never returns
                 reader.close()
-                _work(items, work, writer, taken, total, chunk)
+                shared = _Shared(taken, turn, turns, total, chunk, parent)
+                _work(items, prepare, finisher, writer, shared)
             writer.close()
             readers.append(reader)
             pids.append(pid)
-        done: dict[int, list[R]] = {}
+        done: dict[int, R] = {}
         for wanted in range(total):
-            # Take what is ready without waiting (a worker blocks on a full
-            # pipe), and wait only for the chunk that comes next.
-            while True:
-                have = wanted in done
-                if not have and not readers:
+            while wanted not in done:
+                if not readers:
                     raise WorkerFailed("the worker processes ended before their work was done")
-                if have and (len(done) >= AHEAD * jobs or not readers):
-                    break
-                ready = wait(readers, 0 if have else None)
-                if not ready:
-                    break
-                for one in ready:
+                for one in wait(readers):
                     _receive(cast(Connection, one), readers, done)
             yield done.pop(wanted)
     finally:
@@ -87,47 +91,89 @@ def in_order(
             os.waitpid(pid, 0)
 
 
-def _widen(pipe: Connection) -> None:
-    """Let the pipe hold several chunks (Linux; 64 KiB, about one chunk of
-    reports, by default), so a worker goes on while the parent stores."""
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+def in_order(
+    items: Sequence[T], work: Callable[[T], R], jobs: int, chunk: int
+) -> Generator[list[R], None, None]:
+    """``[work(x) for x in c]`` for each chunk ``c`` of ``items``, in order,
+    done by ``jobs`` forked processes (``in_turn`` with nothing to finish)."""
+
+    def prepare(part: Sequence[T]) -> list[R]:
+        return [work(x) for x in part]
+
+    def finisher() -> Callable[[list[R], bool], list[R]]:
+        return lambda made, last: made
+
+    return in_turn(items, prepare, finisher, jobs, chunk)
 
 
 def _receive(reader: Connection, readers: list[Connection], done: dict[int, Any]) -> None:
     try:
         index, ok, results = reader.recv()
-    except EOFError:  # that worker has finished (or died: see the caller)
+    except EOFError:
+        # A worker says when it has finished; a pipe that closes before
+        # that is a worker that died (killed, out of memory).
+        raise WorkerFailed("a worker process ended before its work was done") from None
+    if not ok:
+        raise WorkerFailed(f"a worker process failed:\n{results}")
+    if index == _ALL_DONE:
         readers.remove(reader)
         reader.close()
         return
-    if not ok:
-        raise WorkerFailed(f"a worker process failed:\n{results}")
     done[index] = results
+
+
+class _Shared:
+    """What the workers share: the chunk counter, whose turn it is, and
+    the condition a worker waits on for its turn."""
+
+    def __init__(
+        self, taken: Any, turn: Any, turns: Any, total: int, chunk: int, parent: int
+    ) -> None:
+        self.taken, self.turn, self.turns = taken, turn, turns
+        self.total, self.chunk, self.parent = total, chunk, parent
+
+    def take(self) -> int:
+        with self.taken.get_lock():
+            index = int(self.taken.value)
+            self.taken.value = index + 1
+        return index
+
+    def wait_turn(self, index: int) -> None:
+        with self.turns:
+            while self.turn.value != index:
+                if not self.turns.wait(PATIENCE) and os.getppid() != self.parent:
+                    raise WorkerFailed("the parent process is gone")
+
+    def pass_turn(self) -> None:
+        with self.turns:
+            self.turn.value += 1
+            self.turns.notify_all()
 
 
 def _work(
     items: Sequence[T],
-    work: Callable[[T], R],
+    prepare: Callable[[Sequence[T]], P],
+    finisher: Callable[[], Callable[[P, bool], R]],
     writer: Connection,
-    taken: Any,
-    total: int,
-    chunk: int,
+    shared: _Shared,
 ) -> None:
     status = 0
     try:
-        while True:
-            with taken.get_lock():
-                index = taken.value
-                taken.value += 1
-            if index >= total:
-                break
-            start = index * chunk
-            writer.send((index, True, [work(x) for x in items[start : start + chunk]]))
+        finish = finisher()
+        while (index := shared.take()) < shared.total:
+            start = index * shared.chunk
+            made = prepare(items[start : start + shared.chunk])
+            shared.wait_turn(index)
+            # A chunk that fails to finish keeps the turn: no later chunk
+            # is finished out of order; the parent stops everyone.
+            result = finish(made, index == shared.total - 1)
+            shared.pass_turn()
+            writer.send((index, True, result))
+        writer.send((_ALL_DONE, True, None))
     except BaseException:
         status = 1
         with contextlib.suppress(BaseException):
-            writer.send((-1, False, traceback.format_exc()))
+            writer.send((-2, False, traceback.format_exc()))
     finally:
         # Leave at once: no atexit handlers, no flushing of buffers the
         # parent also holds, no closing of its database connection.
