@@ -26,12 +26,12 @@ from typing import NamedTuple
 
 from policy_host.read.tlsrpt import TlsrptSettings
 from policy_host.reports import workers
-from policy_host.reports.decode import CHUNK, TooLarge, read_capped
+from policy_host.reports.decode import CHUNK, TooLarge, read_file
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome, Prepared, prepare_body, prepare_message
 from policy_host.reports.model import MAIL, Envelope
 from policy_host.reports.parse import Memo
-from policy_host.reports.schema import HEAD_BYTES, REFUSED
+from policy_host.reports.schema import HEAD_BYTES, REFUSED, STORED
 from policy_host.reports.sources import file_input, is_maildir
 from policy_host.reports.store import Received, Store
 
@@ -63,8 +63,7 @@ class Job:
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(NamedTuple):
     name: str
     prepared: Prepared | None
     reason: str = ""  # why ``name`` could not be read
@@ -105,8 +104,7 @@ def prepare(job: Job, source: Source | Done) -> Done:
             path = Path(name)
             envelope = Envelope(MAIL, origin=f"maildir:{source.maildir}")
             try:
-                with path.open("rb") as handle:
-                    data = read_capped(handle, job.cap, name)
+                data = read_file(name, job.cap)
             except (TooLarge, OSError) as exc:
                 return _kept_aside(path, envelope, exc)
             is_message = True
@@ -179,17 +177,18 @@ def run(
     report: Callable[[str, Outcome], None],
 ) -> Counter[str]:
     """Ingest everything under ``paths``; ``report`` hears what became of
-    every input, in order. Returns counts by outcome."""
+    every input not stored as a new report (a copy, refused, unreadable...),
+    in order. Returns counts by outcome."""
     listed = list(sources(paths))
     prepare = functools.partial(prepare_chunk, job)
-    heard: Iterator[list[Heard]]
+    heard: Iterator[Heard]
     if jobs > 1 and len(listed) >= POOL_FROM:
         # Forked workers, each storing with a connection of its own, in
         # turn (``workers.in_turn``); they need nothing but ``job``,
         # ``listed`` and the store's path.
         path = ingester.store.path
 
-        def finisher() -> Callable[[list[Done], bool], list[Heard]]:
+        def finisher() -> Callable[[list[Done], bool], Heard]:
             own = dataclasses.replace(ingester, store=Store(path))
             return functools.partial(store_chunk, own)
 
@@ -201,19 +200,22 @@ def run(
         )
     counts: Counter[str] = Counter()
     try:
-        for chunk in heard:
-            for name, *outcome in chunk:
-                counts[outcome[0]] += 1
-                report(name, Outcome(*outcome))
+        for stored, others in heard:
+            counts[STORED] += stored
+            for name, outcome in others:
+                counts[outcome.outcome] += 1
+                report(name, outcome)
     finally:
         if isinstance(heard, Generator):
             heard.close()
     return counts
 
 
-# What became of one input, as a worker sends it back: its name and the
-# fields of its ``Outcome``.
-Heard = tuple[str, str, str, str, str]
+# What became of a chunk's inputs, as a worker sends it back: how many
+# were stored as new reports, and the name and ``Outcome`` of each other
+# one (a day's batch is mostly new reports: sending those only as a count
+# leaves the parent, which shares the cores with the workers, idle).
+Heard = tuple[int, list[tuple[str, Outcome]]]
 
 
 def prepare_chunk(job: Job, chunk: Sequence[Source | Done]) -> list[Done]:
@@ -221,7 +223,7 @@ def prepare_chunk(job: Job, chunk: Sequence[Source | Done]) -> list[Done]:
     return [prepare(job, source) for source in chunk]
 
 
-def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> list[Heard]:
+def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> Heard:
     """Store a chunk of prepared inputs in one transaction, asking once
     which of its reports are stored already; Maildir messages stored move
     to cur/. ``last``: the run's final chunk."""
@@ -238,13 +240,17 @@ def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> list[Heard
         }
         known = store.known(conn, keys)
         commit = ingester.commit
-        heard = []
+        stored = 0
+        others = []
         for done in chunk:
             if done.prepared is None:
-                heard.append((done.name, "unreadable", done.reason, "", ""))
+                others.append((done.name, Outcome("unreadable", done.reason)))
+                continue
+            outcome = commit(conn, done.prepared, known)
+            if outcome.outcome == STORED:
+                stored += 1
             else:
-                o = commit(conn, done.prepared, known)
-                heard.append((done.name, o.outcome, o.reason, o.organization, o.report_id))
+                others.append((done.name, outcome))
     for message in moves:
         mark_seen(message)
-    return heard
+    return stored, others

@@ -7,6 +7,7 @@ over-long body is refused after reading one byte past it.
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import IO
 
@@ -36,6 +37,25 @@ def read_capped(stream: IO[bytes], cap: int, what: str = "body") -> bytes:
         size += len(chunk)
         if size > cap:
             raise TooLarge(f"{what} is larger than {cap} bytes")
+
+
+def read_file(path: str, cap: int) -> bytes:
+    """A file's bytes, at most ``cap``; ``TooLarge`` if there are more.
+    The bare system calls: a day's batch reads tens of thousands of small
+    files, and a buffered file object costs more than the read itself
+    (docs/performance.md). ``OSError`` passes through."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, min(CHUNK, cap + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                raise TooLarge(f"{path} is larger than {cap} bytes")
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def inflate(data: bytes, cap: int) -> bytes:

@@ -9,11 +9,11 @@ of files commits every few hundred.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from policy_host.read.tlsrpt import TlsrptSettings
 from policy_host.reports import mail as mailreader
@@ -32,16 +32,14 @@ log = logging.getLogger(__name__)
 EnvelopeValues = tuple[str, str, bool, str, str, str]
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     outcome: str  # store.OUTCOMES
     reason: str = ""
     organization: str = ""
     report_id: str = ""
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     """An input read and judged, not stored yet: either a ``report`` to
     keep, or an ``outcome`` (refused, not a report, unverified) with its
     reason. Made by ``prepare_body``/``prepare_message``, which touch no
@@ -85,8 +83,7 @@ def prepare_message(
     except mailreader.NotReport as exc:
         return Prepared(item, outcome=NOT_REPORT, reason=str(exc))
     verdict = verify(data, found.submitter, lookup)
-    envelope = dataclasses.replace(
-        item.envelope,
+    envelope = item.envelope._replace(
         channel=item.envelope.channel or MAIL,
         origin=item.envelope.origin or found.sender,
         verified=verdict.verified,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.message
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from policy_host.errors import PolicyHostError
 
@@ -88,8 +89,7 @@ def read_mail(data: bytes) -> MailReport:
     )
 
 
-@dataclass(frozen=True)
-class FileName:
+class FileName(NamedTuple):
     """``submitter!policy-domain!begin!end[!unique].json[.gz]`` (section 5.1)."""
 
     submitter: str

@@ -8,6 +8,7 @@ keys that do not exist.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # RFC 8460 section 4.3, and the IANA "STARTTLS Validation Result Types"
 # registry, which can grow: unknown values are kept verbatim and grouped as
@@ -89,8 +90,7 @@ class Report:
     quirks: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):
     """How a report reached us, and what came with it besides the body.
 
     ``domain`` and ``submitter`` are the mail headers ``TLS-Report-Domain``

@@ -10,15 +10,14 @@ import contextlib
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from policy_host import state
 from policy_host.model import InvalidValue, hostname
 from policy_host.read.config import ProviderConfig
 from policy_host.read.scan import SUFFIX
-from policy_host.reports.decode import CHUNK, TooLarge, read_capped
+from policy_host.reports.decode import CHUNK, TooLarge, read_capped, read_file
 from policy_host.reports.dkimcheck import resolver_lookup
 from policy_host.reports.ingest import Ingester, Outcome
 from policy_host.reports.mail import parse_filename
@@ -57,8 +56,7 @@ def make_ingester(config: ProviderConfig, store: Store) -> Ingester:
     )
 
 
-@dataclass(frozen=True)
-class Input:
+class Input(NamedTuple):
     """One thing to ingest: a report body or a whole message."""
 
     name: str
@@ -93,8 +91,7 @@ def file_input(path: str | os.PathLike[str], cap: int) -> Input:
     name = os.fspath(path)
     base = os.path.basename(name)
     lower = base.lower()
-    with open(name, "rb") as handle:
-        data = read_capped(handle, cap, name)
+    data = read_file(name, cap)
     if lower.endswith(MESSAGE_ENDINGS):
         return Input(name, data, True, Envelope(FILE, origin=name))
     parsed = parse_filename(base)

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,16 +45,14 @@ Source = tuple[str, str, bool, str]
 KEYS_PER_QUERY = 4000
 
 
-@dataclass(frozen=True)
-class Tie:
+class Tie(NamedTuple):
     """Which served policy a report's result was made against."""
 
     policy_id: str | None
     match: str  # see policies.MATCHES
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
     """One input as it arrived, before anything was made of it. ``size``
     and ``sha256`` are set when ``body`` is only the input's first bytes
     (an input too large to read whole); ``sha256`` may be set for a whole
