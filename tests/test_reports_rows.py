@@ -1,7 +1,8 @@
 """A report as rows (``reports.rows``): the content digest is the one the
 store has always kept (so copies of reports stored before still match), for
-a whole report and for one cut to some of its policies, and the rows give
-back the very report they were made of."""
+a whole report, for one cut to some of its policies, and as worked out from
+the stored rows when a copy arrives; and the rows give back the very report
+they were made of."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from hypothesis import strategies as st
 from support.reportenv import CORPUS, report_tree
 
 from policy_host.reports import batch
-from policy_host.reports.model import FailureDetail, PolicyResult, Report
-from policy_host.reports.rows import cut, json_list, report_rows, to_report
-from policy_host.reports.store import digest
+from policy_host.reports.copies import stored_rows_digest
+from policy_host.reports.model import FILE, Envelope, FailureDetail, PolicyResult, Report
+from policy_host.reports.rows import cut, digest_of, json_list, report_rows, to_report
+from policy_host.reports.store import Received, Store, Tie, digest
 
 
 def asdict_digest(report: Report) -> str:
@@ -46,7 +48,7 @@ def test_corpus_digests_match_the_stored_definition(tmp_path: Path) -> None:
     assert any(p.details for r in reports for p in r.policies)
     for report in reports:
         rows = report_rows(report)
-        assert rows.digest == asdict_digest(report) == digest(report)
+        assert digest_of(rows) == asdict_digest(report) == digest(report)
         assert to_report(rows) == report
 
 
@@ -83,7 +85,7 @@ reports = st.builds(
 @given(reports, st.data())
 def test_digest_of_any_report_and_any_cut_matches(report: Report, data: st.DataObject) -> None:
     rows = report_rows(report)
-    assert rows.digest == asdict_digest(report)
+    assert digest_of(rows) == asdict_digest(report)
     assert to_report(rows) == report
     keep = data.draw(
         st.lists(st.booleans(), min_size=len(report.policies), max_size=len(report.policies))
@@ -92,7 +94,22 @@ def test_digest_of_any_report_and_any_cut_matches(report: Report, data: st.DataO
     cut_report = dataclasses.replace(
         report, policies=tuple(p for p, k in zip(report.policies, keep, strict=True) if k)
     )
-    assert cut_rows.digest == asdict_digest(cut_report)
+    assert digest_of(cut_rows) == asdict_digest(cut_report)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reports)
+def test_the_digest_worked_out_from_stored_rows_is_the_reports(report: Report) -> None:
+    """A stored report's digest is worked out from its rows when a copy
+    arrives: it must be the digest of the report as parsed."""
+    with Store(Path(":memory:")) as store:
+        with store.transaction() as conn:
+            rows = report_rows(report)
+            ties = [Tie(None, "untracked")] * len(rows.policies)
+            item = Received(Envelope(FILE, origin="x"), b"{}", 0.0)
+            store.add_rows(conn, item, rows, ties, new=True)
+        (row,) = store.conn.execute("SELECT id FROM report").fetchone()
+        assert stored_rows_digest(store.conn, row) == digest_of(rows)
 
 
 @pytest.mark.parametrize("field", ["strings_json", "mx_json"])

@@ -23,7 +23,6 @@ from policy_host.reports.rows import (
     DetailRow,
     PolicyRows,
     ReportRows,
-    content_digest,
     json_list,
     to_report,
 )
@@ -149,7 +148,6 @@ class _Reader:
         organization = self.text(organization)
         report_id = self.text(report_id.strip())
         contact = self.text(contact) if isinstance(contact, str) else None
-        digest = content_digest(organization, report_id, contact, start, end, results)
         return ReportRows(
             organization,
             report_id,
@@ -158,7 +156,6 @@ class _Reader:
             end,
             tuple(sorted(self.quirks)),
             results,
-            digest,
         )
 
     def required_text(self, doc: Mapping[str, Any], key: str) -> str:

@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any
 
 REPORT_COLUMNS = (
-    "id, organization, report_id, contact, start, end, received, channel, verified, quirks, digest"
+    "id, organization, report_id, contact, start, end, received, channel, verified, quirks"
 )
 RAW_COLUMNS = (
     "id, received, channel, origin, verified, auth, outcome, reason, domains, body, packed, "

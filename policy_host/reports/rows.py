@@ -3,7 +3,7 @@
 ``ReportRows`` holds everything the store writes of a report: the ``report``
 row's values, each policy's ``result`` values (``policy-string`` and
 ``mx-host`` already as JSON text), each failure detail's ``detail`` values,
-and the digest of its content. It is made of plain tuples and strings, so a
+It is made of plain tuples and strings, so a
 worker process can build it and send it to the one process that stores,
 which then only inserts (docs/performance.md).
 """
@@ -40,7 +40,7 @@ class PolicyRows(NamedTuple):
 
 class ReportRows(NamedTuple):
     """A report as the store writes it. Made by ``report_rows`` and, with
-    fewer policies, by ``cut``: ``digest`` always covers ``policies``."""
+    fewer policies, by ``cut``."""
 
     organization: str
     report_id: str
@@ -49,7 +49,6 @@ class ReportRows(NamedTuple):
     end: float
     quirks: tuple[str, ...]
     policies: tuple[PolicyRows, ...]
-    digest: str  # content_digest of the above
 
 
 # JSON text of a string, ASCII only (json's own C function).
@@ -130,17 +129,18 @@ def policy_rows(p: PolicyResult) -> PolicyRows:
 def report_rows(report: Report) -> ReportRows:
     r = report
     policies = tuple(policy_rows(p) for p in r.policies)
-    digest = content_digest(r.organization, r.report_id, r.contact, r.start, r.end, policies)
-    return ReportRows(
-        r.organization, r.report_id, r.contact, r.start, r.end, r.quirks, policies, digest
-    )
+    return ReportRows(r.organization, r.report_id, r.contact, r.start, r.end, r.quirks, policies)
 
 
 def cut(rows: ReportRows, policies: tuple[PolicyRows, ...]) -> ReportRows:
-    """The report with only ``policies`` (some of its own), digest and all."""
+    """The report with only ``policies`` (some of its own)."""
+    return rows._replace(policies=policies)
+
+
+def digest_of(rows: ReportRows) -> str:
+    """``content_digest`` of the report the rows hold."""
     r = rows
-    digest = content_digest(r.organization, r.report_id, r.contact, r.start, r.end, policies)
-    return rows._replace(policies=policies, digest=digest)
+    return content_digest(r.organization, r.report_id, r.contact, r.start, r.end, r.policies)
 
 
 def domains(policies: Sequence[PolicyRows]) -> list[str]:

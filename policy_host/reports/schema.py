@@ -119,7 +119,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # The digest of a report's parsed content (``digest``), so that a copy
     # with the same organisation and report-id but other content is told
-    # apart from a true duplicate. NULL for reports stored before.
+    # apart from a true duplicate. NULL until the first copy arrives, when
+    # it is worked out from the stored rows (``copies``).
     # Size and SHA-256 of every input as received, and whether ``body``
     # holds only its first ``HEAD_BYTES`` (``keeps_whole``).
     (

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from policy_host.reports import copies, retention
 from policy_host.reports.model import HTTPS, Envelope, Report
 from policy_host.reports.pending import Pending
-from policy_host.reports.rows import ReportRows, domains, report_rows
+from policy_host.reports.rows import ReportRows, digest_of, domains, report_rows
 from policy_host.reports.schema import (
     DAY,
     FOREIGN,
@@ -87,7 +87,7 @@ def keeps_whole(channel: str, outcome: str) -> bool:
 
 def digest(report: Report) -> str:
     """SHA-256 of the report's normalised content (``rows.content_digest``)."""
-    return report_rows(report).digest
+    return digest_of(report_rows(report))
 
 
 def compress(body: bytes) -> tuple[bytes, bool]:
@@ -265,7 +265,6 @@ class Store:
             (
                 report_row, report.organization, report.report_id, report.contact, report.start,
                 report.end, received, source[0], int(source[2]), " ".join(report.quirks),
-                report.digest,
             )
         )  # fmt: skip
         names = domains(report.policies)
