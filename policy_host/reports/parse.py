@@ -119,7 +119,9 @@ class _Reader:
     def report(self, doc: object) -> ReportRows:
         if not isinstance(doc, dict):
             raise Refused("the report is not a JSON object")
-        organization = self.required_text(doc, "organization-name")
+        organization = doc.get("organization-name")
+        if type(organization) is not str or not (organization := organization.strip()):
+            organization = self.required_text(doc, "organization-name")
         report_id = doc.get("report-id")
         if isinstance(report_id, int) and not isinstance(report_id, bool):
             self.quirks.add("report-id-not-text")
@@ -145,18 +147,13 @@ class _Reader:
         if not isinstance(policies, list):
             raise Refused("policies: expected a list")
         results = tuple([self.policy(item, i) for i, item in enumerate(policies)])
-        organization = self.text(organization)
-        report_id = self.text(report_id.strip())
-        contact = self.text(contact) if isinstance(contact, str) else None
-        return ReportRows(
-            organization,
-            report_id,
-            contact,
-            start,
-            end,
-            tuple(sorted(self.quirks)),
-            results,
-        )
+        report_id = report_id.strip()
+        if len(organization) > MAX_TEXT or len(report_id) > MAX_TEXT:
+            organization, report_id = self.text(organization), self.text(report_id)
+        if contact is not None and len(contact) > MAX_TEXT:
+            contact = self.text(contact)
+        quirks = tuple(sorted(self.quirks)) if self.quirks else ()
+        return ReportRows(organization, report_id, contact, start, end, quirks, results)
 
     def required_text(self, doc: Mapping[str, Any], key: str) -> str:
         value = doc.get(key)
@@ -214,6 +211,9 @@ class _Reader:
     def datetime(self, dates: Mapping[str, Any], key: str) -> float:
         value = dates.get(key)
         if type(value) is str:
+            known = self.memo.datetimes.get(value)
+            if known is not None and not known[1]:  # the usual: read before, no quirk
+                return known[0]
             return self.remembered(self.memo.datetimes, value, lambda v: self._datetime(v, key))
         return self._datetime(value, key)
 
@@ -247,6 +247,9 @@ class _Reader:
         return int(value)
 
     def domain(self, value: str) -> str:
+        known = self.memo.domains.get(value)
+        if known is not None and not known[1]:  # the usual: read before, no quirk
+            return known[0]
         return self.remembered(self.memo.domains, value, self._domain)
 
     def _domain(self, value: str) -> str:
@@ -262,25 +265,27 @@ class _Reader:
             return text.lower()
 
     def policy(self, item: object, index: int) -> PolicyRows:
-        where = f"policies[{index}]."
+        # As in ``detail``: the usual value is tested inline, the rule's
+        # method (and the place named in its refusal) only for the rest.
         if not isinstance(item, dict):
             raise Refused(f"policies[{index}]: expected an object")
         policy = item.get("policy")
         if not isinstance(policy, dict):
-            raise Refused(f"{where}policy: missing or not an object")
-        policy_type = self.optional_text(policy, "policy-type", where) or ""
+            raise Refused(f"policies[{index}].policy: missing or not an object")
+        get = policy.get
+        policy_type = get("policy-type")
+        if type(policy_type) is not str or len(policy_type) > MAX_TEXT:
+            policy_type = self.optional_text(policy, "policy-type", f"policies[{index}].") or ""
         if policy_type not in POLICY_TYPES:
             self.quirks.add("unknown-policy-type")
-        strings = policy.get("policy-string") or []
-        if isinstance(strings, str):
-            strings = [strings]
-        if not isinstance(strings, list) or not _all_text(strings):
-            raise Refused(f"{where}policy.policy-string: expected a list of text")
-        raw_domain = policy.get("policy-domain")
-        if isinstance(raw_domain, str) and raw_domain.strip():
+        strings = get("policy-string") or []
+        if type(strings) is not list or not _all_text(strings):
+            strings = self.policy_strings(strings, index)
+        raw_domain = get("policy-domain")
+        if type(raw_domain) is str and raw_domain.strip():
             domain = self.domain(raw_domain)
         elif raw_domain is not None and not isinstance(raw_domain, str):
-            raise Refused(f"{where}policy.policy-domain: expected text")
+            raise Refused(f"policies[{index}].policy.policy-domain: expected text")
         elif self.envelope.domain:
             # no-policy-found reports from some senders omit it (RFC 8460
             # section 4.3 requires it); the mail header or file name says it.
@@ -289,22 +294,29 @@ class _Reader:
         else:
             self.quirks.add("policy-domain-missing")
             domain = ""
-        mx = policy.get("mx-host")
-        if isinstance(mx, str):
-            self.quirks.add("mx-host-string")
-            mx = [mx]
-        mx = mx or []
-        if not isinstance(mx, list) or not _all_text(mx):
-            raise Refused(f"{where}policy.mx-host: expected text or a list of text")
+        mx = get("mx-host")
+        if type(mx) is not list or not _all_text(mx):
+            mx = self.mx_hosts(mx, index)
         summary = item.get("summary")
         if not isinstance(summary, dict):
-            raise Refused(f"{where}summary: missing or not an object")
-        success = self.count(summary, "total-successful-session-count", where + "summary.")
-        failure = self.count(summary, "total-failure-session-count", where + "summary.")
+            raise Refused(f"policies[{index}].summary: missing or not an object")
+        success = summary.get("total-successful-session-count", 0)
+        if type(success) is not int or not 0 <= success <= MAX_COUNT:
+            success = self.count(
+                summary, "total-successful-session-count", f"policies[{index}].summary."
+            )
+        failure = summary.get("total-failure-session-count", 0)
+        if type(failure) is not int or not 0 <= failure <= MAX_COUNT:
+            failure = self.count(
+                summary, "total-failure-session-count", f"policies[{index}].summary."
+            )
         details_in = item.get("failure-details") or []
         if not isinstance(details_in, list):
-            raise Refused(f"{where}failure-details: expected a list")
-        details = [self.detail(d, where, i) for i, d in enumerate(details_in)] if details_in else []
+            raise Refused(f"policies[{index}].failure-details: expected a list")
+        details = []
+        if details_in:
+            where = f"policies[{index}]."
+            details = [self.detail(d, where, i) for i, d in enumerate(details_in)]
         if details and sum(d[1] for d in details) != failure:
             # Both are kept: the summary is what rates are computed from.
             self.quirks.add("totals-disagree")
@@ -324,6 +336,24 @@ class _Reader:
             json_list(policy_string),
             json_list(mx_host),
         )
+
+    def policy_strings(self, strings: object, index: int) -> list[str]:
+        """``policy-string`` other than a list of text."""
+        if isinstance(strings, str):
+            strings = [strings]
+        if not isinstance(strings, list) or not _all_text(strings):
+            raise Refused(f"policies[{index}].policy.policy-string: expected a list of text")
+        return strings
+
+    def mx_hosts(self, mx: object, index: int) -> list[str]:
+        """``mx-host`` other than a list of text."""
+        if isinstance(mx, str):
+            self.quirks.add("mx-host-string")
+            mx = [mx]
+        mx = mx or []
+        if not isinstance(mx, list) or not _all_text(mx):
+            raise Refused(f"policies[{index}].policy.mx-host: expected text or a list of text")
+        return mx
 
     def detail(self, item: object, policy_where: str, index: int) -> DetailRow:
         if type(item) is not dict:
