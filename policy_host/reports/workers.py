@@ -9,12 +9,14 @@ needs nothing shared), then waits for its turn and finishes it
 (``finish``: storing, with a database connection of its own). Turns go in
 chunk order, so whatever is finished (ids given out, the first copy of a
 report kept) is what one process going through the list would have done.
+A worker whose turn has not come prepares its next chunk meanwhile.
 Only what ``finish`` returns goes down a pipe to the parent, which hands
 it on in order.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import multiprocessing
@@ -33,6 +35,8 @@ R = TypeVar("R")
 
 # A worker waiting for its turn looks this often whether its parent is gone.
 PATIENCE = 1.0
+# Chunks a worker prepares ahead of its turn instead of waiting for it.
+HELD = 2
 # What a worker sends when it has finished all its chunks.
 _ALL_DONE = -1
 
@@ -139,6 +143,10 @@ class _Shared:
             self.taken.value = index + 1
         return index
 
+    def is_turn(self, index: int) -> bool:
+        """Whether ``index`` may be finished now (a glance: no lock)."""
+        return bool(self.turn.value == index)
+
     def wait_turn(self, index: int) -> None:
         with self.turns:
             while self.turn.value != index:
@@ -167,9 +175,23 @@ def _work(
     gc.freeze()
     try:
         finish = finisher()
-        while (index := shared.take()) < shared.total:
-            start = index * shared.chunk
-            made = prepare(items[start : start + shared.chunk])
+        # Chunks prepared and not finished yet, oldest first.
+        held: collections.deque[tuple[int, P]] = collections.deque()
+        more = True
+        while held or more:
+            # Rather than wait for the turn of the oldest chunk held,
+            # prepare another (up to HELD). The chunk whose turn it is is
+            # always the oldest held by some worker, which finishes it
+            # next: the turns keep going.
+            if more and (not held or (len(held) < HELD and not shared.is_turn(held[0][0]))):
+                index = shared.take()
+                if index < shared.total:
+                    start = index * shared.chunk
+                    held.append((index, prepare(items[start : start + shared.chunk])))
+                else:
+                    more = False
+                continue
+            index, made = held.popleft()
             shared.wait_turn(index)
             # A chunk that fails to finish keeps the turn: no later chunk
             # is finished out of order; the parent stops everyone.
