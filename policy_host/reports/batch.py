@@ -37,6 +37,8 @@ from policy_host.reports.store import Received, Store
 
 # Inputs per transaction: few fsyncs, little to redo after a crash.
 BATCH = 500
+# SQLite's page cache while a batch is stored.
+CACHE_KIB = 65536
 # Below this many inputs forking workers costs more than it saves.
 POOL_FROM = 200
 
@@ -228,6 +230,8 @@ def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> Heard:
     which of its reports are stored already; Maildir messages stored move
     to cur/. ``last``: the run's final chunk."""
     store = ingester.store
+    # A day's reports make indexes larger than SQLite's default 2 MiB cache.
+    store.conn.execute(f"PRAGMA cache_size={-CACHE_KIB}")
     moves = [d.maildir_new for d in chunk if d.maildir_new is not None and d.prepared]
     # Only the last transaction, and one after which Maildir messages
     # leave new/, must be on disk when it commits: its sync takes every
