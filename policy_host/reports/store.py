@@ -66,8 +66,8 @@ class Received(NamedTuple):
 
 
 class Arrival(NamedTuple):
-    """``Received`` without its envelope, as plain values (a worker sends
-    them so; the storing process makes no object of them)."""
+    """``Received`` without its envelope: what the ``raw`` row keeps of how
+    an input arrived."""
 
     body: bytes
     received: float

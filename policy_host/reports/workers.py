@@ -96,21 +96,6 @@ def in_turn(
             os.waitpid(pid, 0)
 
 
-def in_order(
-    items: Sequence[T], work: Callable[[T], R], jobs: int, chunk: int
-) -> Generator[list[R], None, None]:
-    """``[work(x) for x in c]`` for each chunk ``c`` of ``items``, in order,
-    done by ``jobs`` forked processes (``in_turn`` with nothing to finish)."""
-
-    def prepare(part: Sequence[T]) -> list[R]:
-        return [work(x) for x in part]
-
-    def finisher() -> Callable[[list[R], bool], list[R]]:
-        return lambda made, last: made
-
-    return in_turn(items, prepare, finisher, jobs, chunk)
-
-
 def _receive(reader: Connection, readers: list[Connection], done: dict[int, Any]) -> None:
     try:
         index, ok, results = reader.recv()
