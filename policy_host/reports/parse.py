@@ -87,7 +87,12 @@ def parse_rows(
     seen on the way (in the mail or the body); ``memo``: one kept across
     the reports of a batch (a fresh one when none is given)."""
     try:
-        doc = json.loads(data)
+        if data[:1] == b"{" and data[1:2] != b"\0":
+            # What json.loads finds for such bytes (UTF-8, surrogates let
+            # through), without its look at the first four bytes first.
+            doc = json.loads(data.decode("utf-8", "surrogatepass"))
+        else:
+            doc = json.loads(data)
     except UnicodeDecodeError:
         raise Refused("not UTF-8 text") from None
     except RecursionError:
