@@ -15,6 +15,7 @@ from typing import TypeVar
 import pytest
 
 from policy_host.reports import workers
+from policy_host.reports.schema import StoreError
 
 T = TypeVar("T")
 
@@ -101,6 +102,26 @@ def test_a_failing_worker_is_raised_in_the_parent() -> None:
     with pytest.raises(workers.WorkerFailed, match="ValueError: no 500 here"):
         for _ in workers.in_turn(list(range(1000)), fails_at_500, as_is, 2, 10):
             pass
+    assert children() == before
+
+
+def cannot_store() -> Callable[[list[int], bool], list[int]]:
+    def finish(made: list[int], last: bool) -> list[int]:
+        if 500 in made:
+            raise StoreError("/var/lib/x/reports.sqlite3: cannot write the report store: full")
+        return made
+
+    return finish
+
+
+def test_a_store_error_in_a_worker_is_raised_as_it_is() -> None:
+    """A worker that cannot store hands the parent the error itself, so
+    ``reports ingest`` answers 75 (try again later) with its message."""
+    before = children()
+    with pytest.raises(StoreError, match="cannot write the report store: full") as raised:
+        for _ in workers.in_turn(list(range(1000)), list, cannot_store, 2, 10):
+            pass
+    assert raised.value.exit_status == 75
     assert children() == before
 
 

@@ -104,6 +104,8 @@ def _receive(reader: Connection, readers: list[Connection], done: dict[int, Any]
         # that is a worker that died (killed, out of memory).
         raise WorkerFailed("a worker process ended before its work was done") from None
     if not ok:
+        if isinstance(results, PolicyHostError):
+            raise results  # the store unusable, say: the caller knows what to answer
         raise WorkerFailed(f"a worker process failed:\n{results}")
     if index == _ALL_DONE:
         readers.remove(reader)
@@ -184,6 +186,12 @@ def _work(
             shared.pass_turn()
             writer.send((index, True, result))
         writer.send((_ALL_DONE, True, None))
+    except PolicyHostError as exc:
+        # One of ours (a StoreError: disk full, say) goes to the parent as
+        # it is, for the exit status it stands for.
+        status = 1
+        with contextlib.suppress(BaseException):
+            writer.send((-2, False, exc))
     except BaseException:
         status = 1
         with contextlib.suppress(BaseException):
