@@ -1,4 +1,6 @@
-"""CPU time of ``reports ingest`` in the parent and in its workers.
+"""CPU time of ``reports ingest`` in the parent (listing the inputs,
+forking, hearing the outcomes) and in its workers (reading, parsing and
+storing).
 
 On a shared machine the wall time of ``reports_bench.py`` moves with
 everyone else's load; CPU seconds per report move much less, so two trees
