@@ -24,12 +24,9 @@ from policy_host.reports.parse import Memo, Refused, parse_rows
 from policy_host.reports.policies import ServedHistory
 from policy_host.reports.rows import PolicyRows, ReportRows, cut, to_report
 from policy_host.reports.schema import FOREIGN, NOT_REPORT, REFUSED, STORED, UNVERIFIED
-from policy_host.reports.store import Arrival, Key, Received, Store
+from policy_host.reports.store import Arrival, Key, Received, Source, Store
 
 log = logging.getLogger(__name__)
-
-# An ``Envelope``'s fields in order, as a worker process sends them.
-EnvelopeValues = tuple[str, str, bool, str, str, str]
 
 
 class Outcome(NamedTuple):
@@ -138,35 +135,14 @@ class Ingester:
         self, conn: sqlite3.Connection, prepared: Prepared, known: set[Key] | None = None
     ) -> Outcome:
         """Store what ``prepare_*`` made of an input, in ``conn``'s
-        transaction (``known``: see ``commit_values``)."""
-        item = prepared.item
-        e = item.envelope
-        return self.commit_values(
-            conn,
-            (e.channel, e.origin, e.verified, e.auth, e.domain, e.submitter),
-            Arrival(item.body, item.received, item.size, item.sha256),
-            prepared.rows,
-            prepared.outcome,
-            prepared.reason,
-            known,
-        )
-
-    def commit_values(
-        self,
-        conn: sqlite3.Connection,
-        envelope: EnvelopeValues,
-        arrival: Arrival,
-        report: ReportRows | None,
-        outcome: str,
-        reason: str,
-        known: set[Key] | None = None,
-    ) -> Outcome:
-        """``commit`` of an input as plain values, as a worker process sends
-        them. ``known``: the keys of reports stored already, when the caller
-        asked for a whole batch's at once (``Store.known``); a report stored
-        here joins them."""
+        transaction. ``known``: the keys of reports stored already, when the
+        caller asked for a whole batch's at once (``Store.known``); a report
+        stored here joins them."""
         store = self.store
-        source = envelope[:4]
+        item, report, outcome, reason = prepared
+        # The envelope's channel, origin, verified and auth: what ``raw`` keeps.
+        source: Source = item.envelope[:4]
+        arrival = Arrival(item.body, item.received, item.size, item.sha256)
         if outcome:
             names = " ".join(_domains(report)) if report is not None else ""
             store.add_raw_values(conn, source, *arrival, outcome, reason, names, None)
@@ -199,7 +175,6 @@ class Ingester:
         if new:
             store.add_new(conn, source, arrival, report, ties)
             return Outcome(STORED, "", report.organization, report.report_id)
-        item = Received(Envelope(*envelope), *arrival)
         outcome = store.add_rows(conn, item, report, ties, new=False)
         return Outcome(outcome, "", report.organization, report.report_id)
 

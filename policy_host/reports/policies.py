@@ -33,6 +33,10 @@ NEVER_SERVED = "never-served"
 UNTRACKED = "untracked"
 NOT_STS = "not-sts"
 MATCHES = (CURRENT, PREVIOUS, STALE, NEVER_SERVED, UNTRACKED, NOT_STS)
+# The ties without a policy id, made once (every report of a day asks).
+_NOT_STS = Tie(None, NOT_STS)
+_UNTRACKED = Tie(None, UNTRACKED)
+_NEVER_SERVED = Tie(None, NEVER_SERVED)
 
 
 class PolicyKey(Protocol):
@@ -61,13 +65,13 @@ class ServedHistory:
 
     def tie(self, result: PolicyKey, start: float) -> Tie:
         if result.policy_type != "sts":
-            return Tie(None, NOT_STS)
+            return _NOT_STS
         versions = self.domains.get(result.domain)
         if versions is None:
-            return Tie(None, UNTRACKED)
+            return _UNTRACKED
         version = _lookup(versions, result.policy_string)
         if version is None:
-            return Tie(None, NEVER_SERVED)
+            return _NEVER_SERVED
         if version.replaced_at is None:
             return Tie(version.policy_id, CURRENT)
         # RFC 8461 section 5: a sender may use a cached policy until its
