@@ -11,6 +11,7 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from support.reportenv import CORPUS, ingest_paths, make_ingester, report_tree
 
 from policy_host.reports import batch
@@ -112,3 +113,27 @@ def test_the_memo_reads_as_a_fresh_parse_does() -> None:
                 kept = str(exc)
             assert kept == fresh, path.name
     assert memo.datetimes and memo.domains
+
+
+def test_a_last_chunk_with_nothing_to_write_still_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's last transaction is the one that puts every earlier one on
+    disk; when all its inputs were unreadable it writes nothing, and SQLite
+    syncs nothing, so the store is synced by hand."""
+    config = report_tree(tmp_path)
+    synced: list[Path] = []
+    monkeypatch.setattr(Store, "sync", lambda self: synced.append(self.path))
+    job = batch.Job(config.tlsrpt, ("127.0.0.1", 9), 0.2, config.tlsrpt.max_report_bytes * 2)
+    with Store(config.reports_db) as store:
+        ingester = make_ingester(config, store)
+        report = batch.prepare_chunk(job, [batch.Source(str(CORPUS / "every-field.json"))])
+        unreadable = [batch.Done(str(tmp_path / "gone"), None, "cannot read: gone")]
+        assert batch.store_chunk(ingester, report, False) == (1, [])
+        assert batch.store_chunk(ingester, unreadable, False)[0] == 0
+        assert synced == []  # not the last: nothing to sync yet
+        # A copy: it raises copies, a write SQLite syncs itself.
+        assert batch.store_chunk(ingester, report, True)[0] == 0
+        assert synced == []
+        assert batch.store_chunk(ingester, unreadable, True)[0] == 0
+        assert synced == [config.reports_db]

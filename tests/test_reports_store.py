@@ -337,3 +337,16 @@ def test_https_refusals_and_foreign_reports_keep_only_their_head(tmp_path: Path)
         assert (size, sha) == (len(whole), hashlib.sha256(whole).hexdigest())
         assert store.raw_body(raw_id) == (whole if kept_whole else whole[:HEAD_BYTES])
         assert cut == (not kept_whole)
+
+
+def test_opening_a_current_store_writes_nothing(tmp_path: Path) -> None:
+    """Every ingest worker opens the store: a store at the current schema
+    version must not be written (and synced) just for being opened."""
+    config = report_tree(tmp_path)
+    with Store(config.reports_db) as first:
+        ingest_paths(make_ingester(config, first), [CORPUS / "every-field.json"])
+        wal = config.reports_db.with_name(config.reports_db.name + "-wal")
+        size = wal.stat().st_size
+        with Store(config.reports_db) as second:
+            assert second.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert wal.stat().st_size == size

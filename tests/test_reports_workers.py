@@ -114,14 +114,44 @@ def cannot_store() -> Callable[[list[int], bool], list[int]]:
     return finish
 
 
-def test_a_store_error_in_a_worker_is_raised_as_it_is() -> None:
-    """A worker that cannot store hands the parent the error itself, so
-    ``reports ingest`` answers 75 (try again later) with its message."""
+def test_a_store_error_in_a_worker_keeps_its_message_and_exit_status() -> None:
+    """A worker that cannot store hands the parent the error's message and
+    status, so ``reports ingest`` answers 75 (try again later) with it."""
     before = children()
-    with pytest.raises(StoreError, match="cannot write the report store: full") as raised:
+    with pytest.raises(workers.WorkerFailed) as raised:
         for _ in workers.in_turn(list(range(1000)), list, cannot_store, 2, 10):
             pass
+    assert str(raised.value) == "/var/lib/x/reports.sqlite3: cannot write the report store: full"
     assert raised.value.exit_status == 75
+    assert children() == before
+
+
+def test_a_finish_under_way_is_not_cut_short_when_another_worker_fails(
+    tmp_path: Path,
+) -> None:
+    """The parent stops every worker when one fails; a worker in the middle
+    of finishing a chunk (a commit, then moving its Maildir messages) ends
+    it first."""
+    marker = tmp_path / "finished-0"
+
+    def prepare(part: Sequence[int]) -> list[int]:
+        if 10 in part:  # the second chunk: fails at once
+            raise ValueError("chunk 1 cannot be read")
+        return list(part)
+
+    def finisher() -> Callable[[list[int], bool], list[int]]:
+        def finish(made: list[int], last: bool) -> list[int]:
+            time.sleep(0.5)  # the other worker fails meanwhile
+            marker.write_text(str(made[0]))
+            return made
+
+        return finish
+
+    before = children()
+    with pytest.raises(workers.WorkerFailed, match="chunk 1 cannot be read"):
+        for _ in workers.in_turn(list(range(40)), prepare, finisher, 2, 10):
+            pass
+    assert marker.read_text() == "0"
     assert children() == before
 
 

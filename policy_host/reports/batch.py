@@ -236,7 +236,9 @@ def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> Heard:
     # Only the last transaction, and one after which Maildir messages
     # leave new/, must be on disk when it commits: its sync takes every
     # earlier commit of the run with it (``Store.transaction``).
-    with store.transaction(durable=last or bool(moves)) as conn:
+    durable = last or bool(moves)
+    changes = store.conn.total_changes
+    with store.transaction(durable=durable) as conn:
         keys = {
             (d.prepared.rows.organization, d.prepared.rows.report_id)
             for d in chunk
@@ -255,6 +257,10 @@ def store_chunk(ingester: Ingester, chunk: list[Done], last: bool) -> Heard:
                 stored += 1
             else:
                 others.append((done.name, outcome))
+    if durable and store.conn.total_changes == changes:
+        # Nothing written (every input unreadable): SQLite syncs nothing,
+        # and earlier commits of the run may still be only in memory.
+        store.sync()
     for message in moves:
         mark_seen(message)
     return stored, others

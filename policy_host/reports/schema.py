@@ -151,6 +151,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             f"{path}: report store has schema version {version}; this "
             f"policy-host knows {SCHEMA_VERSION}: upgrade policy-host"
         )
+    if version == SCHEMA_VERSION:
+        return  # nothing written: no commit to sync (every worker opens the store)
     for steps in MIGRATIONS[version:]:
         for statement in steps:
             conn.execute(statement)

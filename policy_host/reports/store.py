@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -146,6 +147,23 @@ class Store:
                 self.pending.flush(conn)
                 self.pending.flush_daily(conn)
         except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot write the report store: {exc}") from exc
+
+    def sync(self) -> None:
+        """Put everything committed so far on disk: the database file and
+        its write-ahead log, where commits made with ``durable=False`` may
+        still be only in the page cache (for a durable transaction that
+        had nothing to write, which SQLite does not sync)."""
+        try:
+            # The folder too: the log may have been made during the run.
+            for name in (str(self.path), f"{self.path}-wal", str(self.path.parent)):
+                with contextlib.suppress(FileNotFoundError):
+                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        except OSError as exc:
             raise StoreError(f"{self.path}: cannot write the report store: {exc}") from exc
 
     def known(self, conn: sqlite3.Connection, keys: Collection[Key]) -> set[Key]:

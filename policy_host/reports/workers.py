@@ -104,8 +104,10 @@ def _receive(reader: Connection, readers: list[Connection], done: dict[int, Any]
         # that is a worker that died (killed, out of memory).
         raise WorkerFailed("a worker process ended before its work was done") from None
     if not ok:
-        if isinstance(results, PolicyHostError):
-            raise results  # the store unusable, say: the caller knows what to answer
+        if isinstance(results, tuple):  # one of ours: its message and exit status
+            failed = WorkerFailed(results[0])
+            failed.exit_status = results[1]
+            raise failed
         raise WorkerFailed(f"a worker process failed:\n{results}")
     if index == _ALL_DONE:
         readers.remove(reader)
@@ -182,16 +184,22 @@ def _work(
             shared.wait_turn(index)
             # A chunk that fails to finish keeps the turn: no later chunk
             # is finished out of order; the parent stops everyone.
+            # The parent stops every worker when one fails: a commit and the
+            # Maildir messages it moves out of new/ go together or not at
+            # all, so SIGTERM waits until they are done.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             result = finish(made, index == shared.total - 1)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             shared.pass_turn()
             writer.send((index, True, result))
         writer.send((_ALL_DONE, True, None))
     except PolicyHostError as exc:
-        # One of ours (a StoreError: disk full, say) goes to the parent as
-        # it is, for the exit status it stands for.
+        # One of ours (a StoreError: disk full, say): its message and the
+        # exit status it stands for go to the parent (not the object: not
+        # every error's constructor takes its message back from a pickle).
         status = 1
         with contextlib.suppress(BaseException):
-            writer.send((-2, False, exc))
+            writer.send((-2, False, (str(exc), exc.exit_status)))
     except BaseException:
         status = 1
         with contextlib.suppress(BaseException):
