@@ -24,7 +24,7 @@ from policy_host.reports.parse import Memo, Refused, parse_rows
 from policy_host.reports.policies import ServedHistory
 from policy_host.reports.rows import PolicyRows, ReportRows, cut, to_report
 from policy_host.reports.schema import FOREIGN, NOT_REPORT, REFUSED, STORED, UNVERIFIED
-from policy_host.reports.store import Arrival, Key, Received, Source, Store
+from policy_host.reports.store import Key, Received, Store
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,8 @@ class Ingester:
         stored here joins them."""
         store = self.store
         item, report, outcome, reason = prepared
-        # The envelope's channel, origin, verified and auth: what ``raw`` keeps.
-        source: Source = item.envelope[:4]
-        arrival = Arrival(item.body, item.received, item.size, item.sha256)
         if outcome:
-            names = " ".join(_domains(report)) if report is not None else ""
-            store.add_raw_values(conn, source, *arrival, outcome, reason, names, None)
+            store.add_raw(conn, item, outcome, reason, _domains(report) if report else ())
             if report is None:
                 return Outcome(outcome, reason)
             return Outcome(outcome, reason, report.organization, report.report_id)
@@ -158,9 +154,9 @@ class Ingester:
         else:
             ours = tuple(p for p in policies if hosted(p.domain))
         if policies and not ours:
-            names = " ".join(_domains(report))
-            reason = "no hosted domain: " + names
-            store.add_raw_values(conn, source, *arrival, FOREIGN, reason, names, None)
+            names = _domains(report)
+            reason = "no hosted domain: " + " ".join(names)
+            store.add_raw(conn, item, FOREIGN, reason, names)
             return Outcome(FOREIGN, reason, report.organization, report.report_id)
         if len(ours) != len(policies):
             report = cut(report, ours)
@@ -173,7 +169,7 @@ class Ingester:
             new = key not in known
             known.add(key)
         if new:
-            store.add_new(conn, source, arrival, report, ties)
+            store.add_new(conn, item, report, ties)
             return Outcome(STORED, "", report.organization, report.report_id)
         outcome = store.add_rows(conn, item, report, ties, new=False)
         return Outcome(outcome, "", report.organization, report.report_id)

@@ -39,8 +39,6 @@ from policy_host.sqlitedb import BUSY_TIMEOUT, immediate
 
 # A report's key: organisation and report-id, both the sender's choice.
 Key = tuple[str, str]
-# An envelope's channel, origin, verified and auth: what ``raw`` keeps of it.
-Source = tuple[str, str, bool, str]
 # SQLite's default limit of host parameters per statement is 32,766; a
 # batch asks for its keys in slices well below it.
 KEYS_PER_QUERY = 4000
@@ -64,16 +62,6 @@ class Received(NamedTuple):
     received: float
     size: int | None = None
     sha256: str = ""
-
-
-class Arrival(NamedTuple):
-    """``Received`` without its envelope: what the ``raw`` row keeps of how
-    an input arrived."""
-
-    body: bytes
-    received: float
-    size: int | None
-    sha256: str
 
 
 def keeps_whole(channel: str, outcome: str) -> bool:
@@ -193,45 +181,19 @@ class Store:
         domains: Sequence[str] = (),
         report_row: int | None = None,
     ) -> int:
-        env = item.envelope
-        return self.add_raw_values(
-            conn,
-            (env.channel, env.origin, env.verified, env.auth),
-            item.body,
-            item.received,
-            item.size,
-            item.sha256,
-            outcome,
-            reason,
-            " ".join(domains),
-            report_row,
-        )
-
-    def add_raw_values(
-        self,
-        conn: sqlite3.Connection,
-        source: Source,
-        data: bytes,
-        received: float,
-        size: int | None,
-        sha256: str,
-        outcome: str,
-        reason: str,
-        domains: str,
-        report_row: int | None,
-    ) -> int:
-        """``add_raw`` of an input given as plain values: ``source`` is the
-        envelope's channel, origin, verified and auth (as a worker sends them)."""
+        """An input's ``raw`` row: its bytes (only the first ``HEAD_BYTES``
+        where ``keeps_whole`` says so), how it came and what became of it."""
+        env, data, received, size, sha256 = item
         whole = len(data) if size is None else size
         sha256 = sha256 or hashlib.sha256(data).hexdigest()
-        if not keeps_whole(source[0], outcome):
+        if not keeps_whole(env.channel, outcome):
             data = data[:HEAD_BYTES]
         body, packed = compress(data)
         raw_row = self.pending.new_id(conn, "raw")
         self.pending.rows["raw"].append(
             (
-                raw_row, received, source[0], source[1], int(source[2]), source[3], outcome,
-                reason, domains, body, int(packed), report_row, whole, sha256,
+                raw_row, received, env.channel, env.origin, int(env.verified), env.auth, outcome,
+                reason, " ".join(domains), body, int(packed), report_row, whole, sha256,
                 int(len(data) < whole),
             )
         )  # fmt: skip
@@ -262,32 +224,24 @@ class Store:
             new = not self.known(conn, [(report.organization, report.report_id)])
         if not new:
             return copies.another_copy(self, conn, item, report, ties)
-        env = item.envelope
-        source = (env.channel, env.origin, env.verified, env.auth)
-        arrival = Arrival(item.body, item.received, item.size, item.sha256)
-        self.add_new(conn, source, arrival, report, ties)
+        self.add_new(conn, item, report, ties)
         return STORED
 
     def add_new(
-        self,
-        conn: sqlite3.Connection,
-        source: Source,
-        arrival: Arrival,
-        report: ReportRows,
-        ties: Sequence[Tie],
+        self, conn: sqlite3.Connection, item: Received, report: ReportRows, ties: Sequence[Tie]
     ) -> None:
         """A report whose key is not stored yet, and its raw bytes."""
-        received = arrival.received
+        env = item.envelope
         report_row = self.pending.new_id(conn, "report")
         self.pending.rows["report"].append(
             (
                 report_row, report.organization, report.report_id, report.contact, report.start,
-                report.end, received, source[0], int(source[2]), " ".join(report.quirks),
+                report.end, item.received, env.channel, int(env.verified),
+                " ".join(report.quirks),
             )
         )  # fmt: skip
-        names = domains(report.policies)
-        self.add_raw_values(conn, source, *arrival, STORED, "", " ".join(names), report_row)
-        self.add_results(conn, report_row, report, ties, verified=source[2])
+        self.add_raw(conn, item, STORED, "", domains(report.policies), report_row)
+        self.add_results(conn, report_row, report, ties, verified=env.verified)
 
     def add_results(
         self,
