@@ -7,8 +7,10 @@ over-long body is refused after reading one byte past it.
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
+from collections.abc import Callable
 from typing import IO
 
 from policy_host.errors import PolicyHostError
@@ -27,16 +29,7 @@ class BadPayload(PolicyHostError):
 
 def read_capped(stream: IO[bytes], cap: int, what: str = "body") -> bytes:
     """At most ``cap`` bytes from ``stream``; ``TooLarge`` if there are more."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = stream.read(min(CHUNK, cap + 1 - size))
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            raise TooLarge(f"{what} is larger than {cap} bytes")
+    return _capped(stream.read, cap, what)
 
 
 def read_file(path: str, cap: int) -> bytes:
@@ -46,15 +39,21 @@ def read_file(path: str, cap: int) -> bytes:
     (docs/performance.md). ``OSError`` passes through."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, min(CHUNK, cap + 1 - size)):
-            parts.append(chunk)
-            size += len(chunk)
-            if size > cap:
-                raise TooLarge(f"{path} is larger than {cap} bytes")
+        return _capped(functools.partial(os.read, fd), cap, path)
     finally:
         os.close(fd)
+
+
+def _capped(read: Callable[[int], bytes], cap: int, what: str) -> bytes:
+    """What ``read(n)`` gives until it gives nothing, at most ``cap`` bytes;
+    ``TooLarge`` after reading one byte past it."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := read(min(CHUNK, cap + 1 - size)):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise TooLarge(f"{what} is larger than {cap} bytes")
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 

@@ -2,10 +2,10 @@
 
 ``ReportRows`` holds everything the store writes of a report: the ``report``
 row's values, each policy's ``result`` values (``policy-string`` and
-``mx-host`` already as JSON text), each failure detail's ``detail`` values,
-It is made of plain tuples and strings, so a
-worker process can build it and send it to the one process that stores,
-which then only inserts (docs/performance.md).
+``mx-host`` already as JSON text) and each failure detail's ``detail``
+values. It is made of plain tuples and strings, cheap to build and to
+insert; ``digest_of`` gives the digest a copy is compared by
+(docs/performance.md).
 """
 
 from __future__ import annotations
